@@ -1,0 +1,1 @@
+//! Quality metrics against a known truth (GMM teachers). (under construction)

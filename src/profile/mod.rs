@@ -1,0 +1,3 @@
+//! Profiling and environment reports.
+
+pub mod doctor;
