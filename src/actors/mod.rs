@@ -1,1 +1,15 @@
-//! (module under construction; see docs/ARCHITECTURE.md)
+//! Actor kinds, one file each (DESIGN §4), and the registry that builds them.
+
+pub mod denoising_loss;
+pub mod distribution_loss;
+pub mod ema;
+pub mod evaluator;
+pub mod latent_source;
+pub mod noiser;
+pub mod optimizer;
+pub mod prompt_source;
+pub mod registry;
+pub mod rollout;
+pub mod score;
+pub mod sink;
+pub mod zoo;

@@ -1,0 +1,61 @@
+//! `distribution_loss` (and its fixed forms `dmd_loss`, `sid_loss`): the generator loss from the
+//! teacher's (CFG) and the critic's x0 predictions (spec §4.1 / §4.3). `loss: from_config` takes
+//! the method from the config key `distribution_loss`.
+
+use crate::losses::{dmd_loss, sid_loss};
+use crate::runtime::{Actor, Ctx, Packet, Ports, Work};
+use anyhow::{bail, Context, Result};
+
+pub struct DistributionLoss {
+    sid: bool,
+    alpha: f64,
+}
+
+impl DistributionLoss {
+    /// `fixed`: Some("dmd"/"sid") for the fixed kinds, None to read the `loss` parameter.
+    pub fn new(ctx: &Ctx, fixed: Option<&str>) -> Result<Self> {
+        let method = match fixed {
+            Some(m) => m.to_string(),
+            None => match ctx.param_str("loss").as_deref() {
+                None | Some("from_config") => ctx.cfg.distribution_loss.clone(),
+                Some(m) => m.to_string(),
+            },
+        };
+        let sid = match method.as_str() {
+            "dmd" => false,
+            "sid" => true,
+            other => bail!("actor `{}`: unknown distribution loss `{other}` (dmd or sid)", ctx.name),
+        };
+        if sid != (ctx.cfg.distribution_loss == "sid") {
+            // The noiser keeps x_t's graph only for SiD; a mismatch would silently train nothing.
+            bail!(
+                "actor `{}` computes {method} but the config says distribution_loss: {}; make them agree",
+                ctx.name,
+                ctx.cfg.distribution_loss
+            );
+        }
+        let alpha = ctx.param_f64("alpha").unwrap_or(ctx.cfg.sid_alpha);
+        Ok(DistributionLoss { sid, alpha })
+    }
+}
+
+impl Actor for DistributionLoss {
+    fn process(&mut self, ctx: &mut Ctx, work: Work, inputs: Ports) -> Result<Ports> {
+        let real = inputs.get("real").context("no `real` input")?;
+        let fake = inputs.get("fake").context("no `fake` input")?;
+        let x = real.get("x")?;
+        let r = real.get("x0_pred")?;
+        let f = fake.get("x0_pred")?;
+        let out = if self.sid { sid_loss(x, r, f, self.alpha) } else { dmd_loss(x, r, f) };
+        let value = out.loss.double_value(&[]);
+        let mut p = Packet::new().with("loss", out.loss);
+        p.inherit(real);
+        p.inherit(fake);
+        p.scalars.insert("generator_loss".into(), value);
+        ctx.report(
+            work.step,
+            vec![("generator_loss".into(), value), ("dmdtrain_gradient_norm".into(), out.dmd_gradient_norm)],
+        );
+        Ok([("loss".to_string(), p)].into())
+    }
+}

@@ -1,0 +1,217 @@
+//! `optimizer`: owns a model's f32 master weights and AdamW state (written here, explicit state).
+//! For each loss packet it takes the gradient with respect to the producer's parameters
+//! (`run_backward` against the packet's gradient targets), accumulates `gradient_accumulation_steps`
+//! micro-batches, clips the total norm, applies AdamW, bumps the version and publishes a snapshot.
+//! A non-finite loss or gradient norm skips the update (the version still advances, with the old
+//! weights, so readers' version arithmetic holds); too many in a row stop the run.
+
+use crate::actors::zoo::{self, Model};
+use crate::optim::{clip_grad_norm, AdamW, AdamWConfig};
+use crate::runtime::weights::deep_copy;
+use crate::runtime::{Actor, ActorState, Ctx, Ports, Work};
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
+use tch::{Kind, Tensor};
+
+pub struct Optimizer {
+    model: Model,
+    role: String,
+    masters: Vec<(String, Tensor)>,
+    adam: AdamW,
+    clip: f64,
+    version: u64,
+    micro_done: u32,
+    loss_sum: f64,
+    nonfinite_in_row: u64,
+    nonfinite_total: u64,
+    snapshot_kind: Kind,
+}
+
+/// A float parameter: a number, or the name of a config key holding one.
+pub fn f64_param(ctx: &Ctx, key: &str, default_key: &str) -> Result<f64> {
+    let cfg = serde_json::to_value(&*ctx.cfg)?;
+    let lookup = |k: &str| -> Result<f64> {
+        cfg.get(k).and_then(|v| v.as_f64()).with_context(|| format!("actor `{}`: `{key}` names config key `{k}`, which is not a number", ctx.name))
+    };
+    match ctx.params.get(key) {
+        Some(v) if v.is_number() => v.as_f64().context("number"),
+        Some(v) if v.is_string() => lookup(v.as_str().unwrap_or_default()),
+        Some(v) => bail!("actor `{}`: `{key}` must be a number or a config key, got {v}", ctx.name),
+        None => lookup(default_key),
+    }
+}
+
+impl Optimizer {
+    pub fn new(ctx: &Ctx) -> Result<Self> {
+        let cfg = &ctx.cfg;
+        let role = ctx.param_str("model").unwrap_or_else(|| "generator".into());
+        let gen = role == "generator";
+        let name = zoo::name_for(&role, cfg);
+        let model = zoo::build(&name, &role, cfg, ctx.seed, ctx.device, Kind::Float)?;
+        if gen {
+            if let Some(ckpt) = &cfg.generator_ckpt {
+                load_initial(&model, ckpt).with_context(|| format!("config key `generator_ckpt`: {ckpt}"))?;
+            }
+        }
+        let masters: Vec<(String, Tensor)> = model.vars().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        let (lr_k, b1_k, b2_k, clip_k) = if gen {
+            ("lr", "beta1", "beta2", "max_grad_norm_generator")
+        } else {
+            ("lr_critic", "beta1_critic", "beta2_critic", "max_grad_norm_critic")
+        };
+        let acfg = AdamWConfig {
+            lr: f64_param(ctx, "lr", lr_k)?,
+            betas: (f64_param(ctx, "beta1", b1_k)?, f64_param(ctx, "beta2", b2_k)?),
+            eps: 1e-8,
+            weight_decay: f64_param(ctx, "weight_decay", "weight_decay")?,
+        };
+        let adam = AdamW::new(masters.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect(), acfg)?;
+        let model_key = if gen { "generator" } else { role.as_str() };
+        let version = ctx.plan.version_at(model_key, ctx.plan.start_step);
+        Ok(Optimizer {
+            clip: f64_param(ctx, "clip", clip_k)?,
+            snapshot_kind: zoo::compute_kind(cfg, ctx.device),
+            model,
+            role,
+            masters,
+            adam,
+            version,
+            micro_done: 0,
+            loss_sum: 0.0,
+            nonfinite_in_row: 0,
+            nonfinite_total: 0,
+        })
+    }
+
+    fn publish(&self, ctx: &Ctx) {
+        if let Some(hub) = &ctx.weights_out {
+            let _g = tch::no_grad_guard();
+            let snap = deep_copy(&self.model.vars())
+                .into_iter()
+                .map(|(k, v)| (k, v.to_kind(self.snapshot_kind)))
+                .collect();
+            hub.publish(self.version, snap);
+        }
+    }
+
+    fn prefix(&self) -> &str {
+        if self.role == "generator" {
+            "generator"
+        } else {
+            "critic"
+        }
+    }
+}
+
+/// Load initial generator weights from a safetensors file (Wan key names, FSDP prefixes stripped).
+fn load_initial(model: &Model, path: &str) -> Result<()> {
+    let tensors = crate::models::weights::load_named_tensors(std::path::Path::new(path))?;
+    crate::models::weights::copy_into_varstore(&model.vs, tensors, path)
+}
+
+impl Actor for Optimizer {
+    fn start(&mut self, ctx: &mut Ctx) -> Result<()> {
+        self.publish(ctx);
+        Ok(())
+    }
+
+    fn process(&mut self, ctx: &mut Ctx, work: Work, inputs: Ports) -> Result<Ports> {
+        let p = inputs.get("loss").context("optimizer: no `loss` input")?;
+        let loss = p.get("loss")?;
+        let k = ctx.plan.micro;
+        let lv = loss.double_value(&[]);
+        self.loss_sum += lv;
+        if p.grad_targets.is_empty() {
+            bail!("the loss carries no gradient targets: nothing upstream has trainable parameters");
+        }
+        let names: Vec<&String> = p.grad_targets.iter().map(|(n, _)| n).collect();
+        let targets: Vec<Tensor> = p.grad_targets.iter().map(|(_, t)| t.shallow_clone()).collect();
+        let scaled = if k > 1 { loss / k as f64 } else { loss.shallow_clone() };
+        let grads = Tensor::run_backward(&[scaled], &targets, false, false);
+        // Accumulate into the masters' .grad: d/dm Σ (m·g) = g exactly.
+        let by_name: BTreeMap<&str, Tensor> =
+            names.iter().map(|n| n.as_str()).zip(grads).collect();
+        let mut acc: Option<Tensor> = None;
+        for (n, m) in &self.masters {
+            let g = by_name.get(n.as_str()).with_context(|| format!("no gradient for `{n}`"))?;
+            if !g.defined() {
+                continue;
+            }
+            let term = (m * g.detach().to_kind(Kind::Float)).sum(Kind::Float);
+            acc = Some(match acc {
+                Some(a) => a + term,
+                None => term,
+            });
+        }
+        if let Some(a) = acc {
+            a.backward();
+        }
+        self.micro_done += 1;
+        if self.micro_done < k {
+            return Ok(Ports::new());
+        }
+        self.micro_done = 0;
+        let loss_mean = self.loss_sum / k as f64;
+        self.loss_sum = 0.0;
+        let norm = clip_grad_norm(self.masters.iter().map(|(_, t)| t), self.clip)?;
+        let pre = self.prefix().to_string();
+        let mut report = vec![(format!("{pre}_grad_norm"), norm), (format!("{pre}_lr"), self.adam.config().lr)];
+        if !loss_mean.is_finite() || !norm.is_finite() {
+            self.nonfinite_in_row += 1;
+            self.nonfinite_total += 1;
+            report.push((format!("{pre}_nonfinite_skipped"), self.nonfinite_total as f64));
+            self.adam.zero_grad();
+            if self.nonfinite_in_row >= ctx.cfg.max_nonfinite_steps.max(1) {
+                bail!(
+                    "{} non-finite {pre} steps in a row (loss {loss_mean}, grad norm {norm}); stopping. \
+                     The last good checkpoint is kept; lower the learning rate or check the inputs",
+                    self.nonfinite_in_row
+                );
+            }
+            eprintln!("warning: non-finite {pre} loss/grad at {work} (loss {loss_mean}, norm {norm}): update skipped");
+        } else {
+            self.nonfinite_in_row = 0;
+            self.adam.step()?;
+            self.adam.zero_grad();
+        }
+        self.version += 1;
+        report.push((format!("{pre}_version"), self.version as f64));
+        ctx.report(work.step, report);
+        self.publish(ctx);
+        Ok(Ports::new())
+    }
+
+    fn state(&mut self) -> Result<Option<ActorState>> {
+        let _g = tch::no_grad_guard();
+        let mut tensors: Vec<(String, Tensor)> =
+            self.model.vars().into_iter().map(|(k, v)| (format!("model.{k}"), v.detach().copy())).collect();
+        for (k, v) in self.adam.state_tensors() {
+            tensors.push((format!("adam.{k}"), v.detach().copy()));
+        }
+        let json = serde_json::json!({
+            "role": self.role,
+            "version": self.version,
+            "nonfinite_total": self.nonfinite_total,
+            "nonfinite_in_row": self.nonfinite_in_row,
+        });
+        Ok(Some(ActorState { tensors, json }))
+    }
+
+    fn restore(&mut self, _ctx: &mut Ctx, st: ActorState) -> Result<()> {
+        let mut model = vec![];
+        let mut adam = vec![];
+        for (k, v) in st.tensors {
+            if let Some(n) = k.strip_prefix("model.") {
+                model.push((n.to_string(), v));
+            } else if let Some(n) = k.strip_prefix("adam.") {
+                adam.push((n.to_string(), v));
+            }
+        }
+        crate::optim::copy_named_into(&self.model.vars(), &model, "checkpoint model weights")?;
+        self.adam.load_state(&adam)?;
+        self.version = st.json.get("version").and_then(|v| v.as_u64()).context("checkpoint state lacks `version`")?;
+        self.nonfinite_total = st.json.get("nonfinite_total").and_then(|v| v.as_u64()).unwrap_or(0);
+        self.nonfinite_in_row = st.json.get("nonfinite_in_row").and_then(|v| v.as_u64()).unwrap_or(0);
+        Ok(())
+    }
+}

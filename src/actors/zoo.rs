@@ -1,0 +1,164 @@
+//! Building the models actors own, by role, from the config: the generator (block-causal Wan),
+//! the critic and the teacher (a Wan preset or folder, the exact GMM, or a small MLP).
+
+use crate::config::RunConfig;
+use crate::models::gmm::Gmm;
+use crate::models::mlp::{Mlp, MlpConfig};
+use crate::models::wan::{CausalOptions, WanConfig, WanModel};
+use crate::models::Denoiser;
+use crate::rng::{Lane, Purpose, RngKey};
+use anyhow::{bail, Context, Result};
+use tch::{nn, Device, Kind, Tensor};
+
+/// A network an actor owns, with its variables.
+pub enum Net {
+    Wan(WanModel),
+    Gmm(Gmm),
+    Mlp(Mlp),
+}
+
+pub struct Model {
+    pub vs: nn::VarStore,
+    pub net: Net,
+    pub name: String,
+}
+
+impl Model {
+    /// Flow prediction (Denoiser).
+    pub fn flow(&self, x_t: &Tensor, t: &Tensor, cond: &Tensor) -> Tensor {
+        match &self.net {
+            Net::Wan(m) => m.flow(x_t, t, &cond.to_kind(m.kind())),
+            Net::Gmm(g) => g.flow(x_t, t, cond),
+            Net::Mlp(m) => m.flow(x_t, t, cond),
+        }
+    }
+
+    /// Variables sorted by name (the order used for snapshots, gradients and optimizer state).
+    pub fn vars(&self) -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    pub fn wan(&self) -> Option<&WanModel> {
+        match &self.net {
+            Net::Wan(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    pub fn gmm(&self) -> Option<&Gmm> {
+        match &self.net {
+            Net::Gmm(g) => Some(g),
+            _ => None,
+        }
+    }
+}
+
+/// The compute precision: bf16 on CUDA with `mixed_precision`, f32 otherwise.
+pub fn compute_kind(cfg: &RunConfig, device: Device) -> Kind {
+    if cfg.mixed_precision && device.is_cuda() {
+        Kind::BFloat16
+    } else {
+        Kind::Float
+    }
+}
+
+/// [B, F, C, H, W] of one training batch (B from `batch_size`, F from `num_training_frames`).
+pub fn latent_shape(cfg: &RunConfig) -> [i64; 5] {
+    let s = &cfg.image_or_video_shape;
+    [cfg.batch_size, cfg.num_training_frames.max(1), s[2], s[3], s[4]]
+}
+
+/// The exact-teacher mixture of the config's `toy` section, in the latent shape.
+pub fn toy_gmm(cfg: &RunConfig) -> Result<Gmm> {
+    let [_, f, c, h, w] = latent_shape(cfg);
+    let t = &cfg.toy;
+    let g = match t.kind.as_str() {
+        "procedural" => Gmm::procedural(
+            f,
+            c,
+            h,
+            w,
+            t.num_modes as usize,
+            t.num_classes as usize,
+            t.mode_std,
+            t.mode_scale,
+            t.seed,
+        )?,
+        "ring" => Gmm::ring(t.num_modes as usize, t.mode_scale, t.mode_std, t.num_classes as usize)?,
+        "imbalanced" => Gmm::imbalanced(t.num_modes as usize, t.mode_scale, t.mode_std, t.num_classes as usize, t.seed)?,
+        other => bail!("config key `toy.kind`: unknown toy `{other}` (procedural, ring, imbalanced)"),
+    };
+    Ok(g.with_shift(cfg.score_timestep_shift))
+}
+
+fn name_hash(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+}
+
+/// The Wan architecture a model name stands for (`wan-tiny` comes from the `toy` section).
+pub fn wan_config(name: &str, cfg: &RunConfig) -> Option<WanConfig> {
+    let lower = name.to_lowercase();
+    if lower == "wan-tiny" {
+        let t = &cfg.toy;
+        let c = cfg.image_or_video_shape[2];
+        return Some(WanConfig::tiny(t.wan_dim, t.wan_layers, t.wan_heads, t.wan_ffn, c, t.text_dim));
+    }
+    WanConfig::preset(&lower)
+}
+
+/// Build the model of `role` ("generator", "fake", "real") named `name` on `device`.
+/// Random weights come from keyed draws of (seed, role), so every actor building the same role
+/// gets the same numbers.
+/// `kind`: the parameters' kind (optimizers keep f32 masters; readers use [`compute_kind`]).
+pub fn build(name: &str, role: &str, cfg: &RunConfig, seed: u64, device: Device, kind: Kind) -> Result<Model> {
+    let mut vs = nn::VarStore::new(device);
+    let key = RngKey::new(seed, 0, Lane::Other, Purpose::Init).sub(name_hash(role));
+    let lower = name.to_lowercase();
+    let net = if lower == "gmm" {
+        Net::Gmm(toy_gmm(cfg)?)
+    } else if lower == "mlp" {
+        let s = latent_shape(cfg);
+        let mc = MlpConfig { shape: [s[1], s[2], s[3], s[4]], ..MlpConfig::toy2d(cfg.toy.text_dim) };
+        Net::Mlp(Mlp::new(&vs.root(), mc, key.digest()))
+    } else if let Some(wc) = wan_config(name, cfg) {
+        let mut m = WanModel::new(&vs.root(), wc).with_context(|| format!("building Wan model `{name}`"))?;
+        m.causal = CausalOptions {
+            num_frame_per_block: cfg.num_frame_per_block,
+            local_attn_size: cfg.local_attn_size,
+            sink_size: cfg.sink_size,
+        };
+        crate::models::wan::init::init_random(&m, &key);
+        if !wc_is_tiny(name) {
+            eprintln!("RANDOM WEIGHTS: `{role}` is the preset `{name}` with Wan's random initialisation (no weights loaded)");
+        }
+        Net::Wan(m)
+    } else if std::path::Path::new(name).is_dir() {
+        let m = crate::models::wan::load_or_build(name, &vs)
+            .with_context(|| format!("loading `{role}` weights from `{name}`"))?;
+        Net::Wan(m)
+    } else {
+        bail!(
+            "model `{name}` (for `{role}`): not a preset (wan2.1-t2v-1.3b, wan2.1-t2v-14b, wan-tiny, gmm, mlp) and not a folder"
+        );
+    };
+    if kind != Kind::Float {
+        vs.set_kind(kind);
+    }
+    Ok(Model { vs, net, name: name.to_string() })
+}
+
+fn wc_is_tiny(name: &str) -> bool {
+    name.eq_ignore_ascii_case("wan-tiny")
+}
+
+/// Model name for a role from the config.
+pub fn name_for(role: &str, cfg: &RunConfig) -> String {
+    match role {
+        "generator" => cfg.generator_name.clone(),
+        "fake" | "critic" => cfg.fake_name.clone(),
+        "real" | "teacher" => cfg.real_name.clone(),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,1 @@
+//! (adapter to src/checkpoint; written when it lands)

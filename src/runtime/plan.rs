@@ -1,0 +1,125 @@
+//! The plan: which work items each actor handles (its lanes), which lanes each edge carries, and
+//! which model version a reader needs for a work item. Pure bookkeeping over the validated graph.
+//!
+//! Step numbering follows the reference (spec §5): at step s the generator lane runs first when
+//! `s % ratio == 0`, then the critic lane. With `k` gradient-accumulation micro-batches each lane
+//! item comes k times (micro 0..k).
+
+use super::packet::Work;
+use crate::rng::Lane;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// How a weights reader may lag behind the version the serial order would give it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Serial,
+    Exact,
+    Async { max_staleness: u64 },
+}
+
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub mode: Mode,
+    pub ratio: u64,
+    pub micro: u32,
+    pub start_step: u64,
+    /// Exclusive; `u64::MAX` = until stopped.
+    pub stop_step: u64,
+    /// Lanes of each actor (by name). Empty = a service actor (weights subscriber only).
+    pub lanes: BTreeMap<String, BTreeSet<Lane>>,
+}
+
+impl Plan {
+    /// Does lane `lane` run at step `s`?
+    pub fn lane_runs(&self, lane: Lane, s: u64) -> bool {
+        match lane {
+            Lane::Generator => s % self.ratio == 0,
+            Lane::Critic => true,
+            Lane::Other => s == self.start_step,
+        }
+    }
+
+    /// The work items of an actor with `lanes`, in order, from `from_step` (inclusive).
+    pub fn sequence(&self, lanes: &BTreeSet<Lane>, from_step: u64) -> impl Iterator<Item = Work> + '_ {
+        let lanes = lanes.clone();
+        let stop = self.stop_step;
+        (from_step..stop).flat_map(move |s| {
+            let mut v = vec![];
+            for lane in [Lane::Generator, Lane::Critic, Lane::Other] {
+                if lanes.contains(&lane) && self.lane_runs(lane, s) {
+                    for m in 0..self.micro {
+                        v.push(Work { step: s, lane, micro: m });
+                    }
+                }
+            }
+            v
+        })
+    }
+
+    /// Generator updates done before the generator lane of step `s` (s a multiple of ratio).
+    pub fn generator_updates_before(&self, s: u64) -> u64 {
+        s.div_ceil(self.ratio)
+    }
+
+    /// The version range [lo, hi] of `model` a reader needs for work `w`. `stale_ok` marks readers
+    /// allowed to lag under `async` (critic-lane rollouts).
+    pub fn required_version(&self, model: &str, w: &Work, stale_ok: bool) -> (u64, u64) {
+        let exact = match (model, w.lane) {
+            ("generator", Lane::Generator) => self.generator_updates_before(w.step),
+            // The critic lane of step s runs after the generator update of step s (if any).
+            ("generator", _) => w.step / self.ratio + 1,
+            // Critic (and any other trained model): one update per step, before the next step.
+            _ => w.step,
+        };
+        match self.mode {
+            Mode::Async { max_staleness } if stale_ok => (exact.saturating_sub(max_staleness), exact),
+            _ => (exact, exact),
+        }
+    }
+
+    /// The model version after all updates of steps < `s` (what a checkpoint at `s` holds).
+    pub fn version_at(&self, model: &str, s: u64) -> u64 {
+        if model == "generator" {
+            s.div_ceil(self.ratio)
+        } else {
+            s
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(mode: Mode) -> Plan {
+        Plan { mode, ratio: 5, micro: 1, start_step: 0, stop_step: 11, lanes: BTreeMap::new() }
+    }
+
+    #[test]
+    fn sequence_follows_reference_order() {
+        let p = plan(Mode::Exact);
+        let both: BTreeSet<Lane> = [Lane::Generator, Lane::Critic].into();
+        let seq: Vec<(u64, Lane)> = p.sequence(&both, 0).map(|w| (w.step, w.lane)).collect();
+        assert_eq!(&seq[..3], &[(0, Lane::Generator), (0, Lane::Critic), (1, Lane::Critic)]);
+        assert_eq!(seq.iter().filter(|(_, l)| *l == Lane::Generator).count(), 3); // 0, 5, 10
+        assert_eq!(seq.len(), 14);
+    }
+
+    #[test]
+    fn versions_match_serial_order() {
+        let p = plan(Mode::Exact);
+        let g = |s| Work { step: s, lane: Lane::Generator, micro: 0 };
+        let c = |s| Work { step: s, lane: Lane::Critic, micro: 0 };
+        assert_eq!(p.required_version("generator", &g(0), false), (0, 0));
+        assert_eq!(p.required_version("generator", &c(0), false), (1, 1));
+        assert_eq!(p.required_version("generator", &c(4), false), (1, 1));
+        assert_eq!(p.required_version("generator", &g(5), false), (1, 1));
+        assert_eq!(p.required_version("generator", &c(5), false), (2, 2));
+        assert_eq!(p.required_version("critic", &g(5), false), (5, 5));
+        let a = plan(Mode::Async { max_staleness: 2 });
+        assert_eq!(a.required_version("generator", &c(5), true), (0, 2));
+        assert_eq!(a.required_version("generator", &c(5), false), (2, 2));
+        assert_eq!(p.version_at("generator", 5), 1);
+        assert_eq!(p.version_at("generator", 6), 2);
+    }
+}
