@@ -219,7 +219,9 @@ impl Gmm {
 
     /// A video-shaped mixture with temporal structure. Mode k, channel ch is a travelling plane
     /// wave: μ_k[f, ch, y, x] = scale·a_{k,ch}·cos(2π(κx·x/W + κy·y/H) + φ_{k,ch} + ω_k·f), with
-    /// integer spatial frequencies κ ∈ {−2..2}² \ {0} (per mode and channel), amplitude
+    /// integer spatial frequencies |κx| ≤ min(2, ⌊(W−1)/2⌋), |κy| ≤ min(2, ⌊(H−1)/2⌋) (below
+    /// Nyquist, so every frame has the same energy), κ ≠ 0 unless H, W ≤ 2 (then the pattern
+    /// is a pure temporal oscillation), per mode and channel; amplitude
     /// a ∈ [0.5, 1], phase φ ∈ [0, 2π) and a per-mode phase velocity |ω_k| ∈ [0.3, 1.0] rad/frame of
     /// random sign. Frame f+1 of a mode is frame f moved along its wave, so a causal generator
     /// must keep later frames consistent with the mode its first frames chose. Equal weights,
@@ -248,6 +250,7 @@ impl Gmm {
         );
         let d = (frames * c * h * w) as usize;
         let mut means = Vec::with_capacity(num_modes * d);
+        let (kmax_x, kmax_y) = (((w - 1) / 2).min(2), ((h - 1) / 2).min(2));
         for k in 0..num_modes {
             let key = RngKey::new(seed, 0, Lane::Other, Purpose::Init).sub(k as u64);
             let u = rng::uniform_vec(&key, 2 + 5 * c as usize);
@@ -255,12 +258,18 @@ impl Gmm {
             let mut chans = Vec::with_capacity(c as usize);
             for ch in 0..c as usize {
                 let v = &u[2 + 5 * ch..7 + 5 * ch];
-                // 24 non-zero frequency pairs in {−2..2}².
-                let mut idx = (v[0] * 24.0) as i64 % 24;
-                if idx >= 12 {
-                    idx += 1; // skip (0, 0), the 13th of the 25 pairs
-                }
-                let (kx, ky) = ((idx % 5 - 2) as f64, (idx / 5 - 2) as f64);
+                // A non-zero frequency pair below Nyquist on each axis (0 on axes of size 1),
+                // so that every frame of the travelling wave has the same energy.
+                let (nx, ny) = (2 * kmax_x + 1, 2 * kmax_y + 1);
+                let (kx, ky) = if nx * ny > 1 {
+                    let mut idx = ((v[0] * (nx * ny - 1) as f64) as i64).min(nx * ny - 2);
+                    if idx >= (nx * ny - 1) / 2 {
+                        idx += 1; // skip the centre (0, 0)
+                    }
+                    ((idx % nx - kmax_x) as f64, (idx / nx - kmax_y) as f64)
+                } else {
+                    (0.0, 0.0)
+                };
                 let amp = 0.5 + 0.5 * v[1];
                 let phase = TAU * v[2];
                 chans.push((kx, ky, amp, phase));
