@@ -1,0 +1,143 @@
+//! The shipped pipelines validate; topological order, adjacency, renderings, loading by name/path.
+
+use stillflow::graph::{
+    load_pipeline, parse_pipeline, DeviceInventory, Graph, PortType, ScheduleMode, EMBEDDED,
+};
+
+fn cpu() -> DeviceInventory {
+    DeviceInventory::cpu_only()
+}
+
+fn pos(g: &Graph, order: &[usize], name: &str) -> usize {
+    let i = g.actor_index(name).unwrap_or_else(|| panic!("no actor {name}"));
+    order.iter().position(|&x| x == i).expect("actor in order")
+}
+
+#[test]
+fn shipped_pipelines_validate() {
+    for (name, _) in EMBEDDED {
+        let g = load_pipeline(name, &cpu()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(&g.name, name);
+        assert_eq!(g.file, format!("embedded pipeline `{name}`"));
+        // Every order contains each actor once.
+        let mut o = g.topo_order();
+        o.sort_unstable();
+        assert_eq!(o, (0..g.actors.len()).collect::<Vec<_>>(), "{name}");
+    }
+}
+
+#[test]
+fn files_on_disk_equal_embedded_and_win_over_names() {
+    let a = load_pipeline("pipelines/self_forcing.yaml", &cpu()).expect("file");
+    let b = load_pipeline("self_forcing", &cpu()).expect("embedded");
+    assert_eq!(a.file, "pipelines/self_forcing.yaml");
+    assert_eq!((a.actors, a.edges), (b.actors, b.edges));
+    let e = load_pipeline("no_such_pipeline", &cpu()).unwrap_err().to_string();
+    assert!(e.contains("no_such_pipeline") && e.contains("self_forcing, teacher, sample"), "{e}");
+}
+
+#[test]
+fn self_forcing_structure() {
+    let g = load_pipeline("self_forcing", &cpu()).expect("valid");
+    assert_eq!(g.schedule.mode, ScheduleMode::Exact);
+    assert_eq!(g.schedule.max_staleness, 0);
+    assert_eq!(g.actors.len(), 16);
+    assert_eq!(g.edges.len(), 21);
+    let rc = g.actor("rollout_c").expect("rollout_c");
+    assert_eq!(rc.stream.as_deref(), Some("rollout"));
+    assert_eq!(rc.param_bool("grad"), Some(false));
+    assert_eq!(g.actor("rollout_g").and_then(|a| a.param_bool("grad")), Some(true));
+    assert_eq!(g.actor("gen_loss").map(|a| a.kind.as_str()), Some("distribution_loss"));
+    // Port types recorded on the edges.
+    let ty = |f: &str, t: &str| {
+        g.edges
+            .iter()
+            .find(|e| e.from.to_string() == f && e.to.to_string() == t)
+            .map(|e| e.ty)
+    };
+    assert_eq!(ty("rollout_g.samples", "noise_g.samples"), Some(PortType::Samples));
+    assert_eq!(ty("opt_c.weights", "fake_view.weights"), Some(PortType::Weights));
+    assert_eq!(ty("gen_loss.loss", "opt_g.loss"), Some(PortType::Loss));
+    // Default capacity 2, explicit 1 on the weights edges.
+    for e in &g.edges {
+        assert_eq!(e.capacity, if e.is_weights() { 1 } else { 2 }, "{:?}", e);
+    }
+    // Adjacency.
+    let ins: Vec<String> = g.inputs_of("gen_loss").iter().map(|e| e.from.to_string()).collect();
+    assert_eq!(ins, ["real_score.scored", "fake_view.scored"]);
+    let outs: Vec<String> = g.outputs_of("opt_g").iter().map(|e| e.to.to_string()).collect();
+    assert_eq!(
+        outs,
+        ["rollout_g.weights", "rollout_c.weights", "ema.weights", "checkpoint.weights"]
+    );
+    assert_eq!(g.inputs_of("checkpoint").len(), 3);
+    assert!(g.inputs_of("prompts_g").is_empty());
+}
+
+#[test]
+fn topo_order_respects_data_edges_and_ignores_weights() {
+    let g = load_pipeline("self_forcing", &cpu()).expect("valid");
+    let o = g.topo_order();
+    for e in g.edges.iter().filter(|e| !e.is_weights()) {
+        assert!(pos(&g, &o, &e.from.actor) < pos(&g, &o, &e.to.actor), "{e:?}");
+    }
+    // Weights edges point backwards (opt_g feeds rollout_g, which comes first).
+    assert!(pos(&g, &o, "rollout_g") < pos(&g, &o, "opt_g"));
+    // Ties keep file order: the first actors are the two sources, then the first rollout.
+    let names: Vec<&str> = o.iter().map(|&i| g.actors[i].name.as_str()).collect();
+    assert_eq!(&names[..3], ["prompts_g", "prompts_c", "rollout_g"]);
+    let t = load_pipeline("teacher", &cpu()).expect("valid");
+    let names: Vec<&str> = t.topo_order().iter().map(|&i| t.actors[i].name.as_str()).collect();
+    assert_eq!(names, ["data", "noise", "teacher", "loss", "opt", "checkpoint"]);
+}
+
+#[test]
+fn renderings_contain_every_edge() {
+    for (name, _) in EMBEDDED {
+        let g = load_pipeline(name, &cpu()).expect("valid");
+        let m = g.to_mermaid();
+        let d = g.to_dot();
+        assert!(m.starts_with(&format!("%% pipeline {name}\nflowchart LR\n")));
+        assert!(d.starts_with(&format!("digraph \"{name}\" {{")) && d.trim_end().ends_with('}'));
+        for a in &g.actors {
+            assert!(m.contains(&format!("{}[\"{}<br/><i>{}</i>\"]", a.name, a.name, a.kind)));
+            assert!(d.contains(&format!("\"{}\" [label=\"{}\\n({})\"];", a.name, a.name, a.kind)));
+        }
+        for e in &g.edges {
+            let arrow = if e.is_weights() { "-.->" } else { "-->" };
+            let me = format!(
+                "{} {arrow}|\"{} → {} : {}\"| {}",
+                e.from.actor, e.from.port, e.to.port, e.ty, e.to.actor
+            );
+            assert!(m.contains(&me), "mermaid lacks {me}\n{m}");
+            let style = if e.is_weights() { ", style=dashed" } else { "" };
+            let de = format!(
+                "\"{}\" -> \"{}\" [label=\"{} → {} : {}\"{style}];",
+                e.from.actor, e.to.actor, e.from.port, e.to.port, e.ty
+            );
+            assert!(d.contains(&de), "dot lacks {de}\n{d}");
+        }
+        assert_eq!(m.matches("--").count() + m.matches("-.->").count(), g.edges.len());
+        assert_eq!(d.matches(" -> ").count(), g.edges.len());
+    }
+}
+
+#[test]
+fn async_schedule_and_devices_parse() {
+    let text = "name: t\nschedule: {mode: async, max_staleness: 3}\nactors:\n  \
+                p: {kind: prompt_source, device: cpu}\n  \
+                r: {kind: rollout, model: generator, device: 'cuda:1'}\n  \
+                s: {kind: sink, device: cuda}\n\
+                edges:\n  - {from: p.cond, to: r.cond, capacity: 7}\n  - {from: r.samples, to: s.in}\n";
+    let g = parse_pipeline(text, "t.yaml", &DeviceInventory { cuda_devices: 2 }).expect("valid");
+    assert_eq!(g.schedule.mode, ScheduleMode::Async);
+    assert_eq!(g.schedule.max_staleness, 3);
+    assert_eq!(g.actors[1].device.as_deref(), Some("cuda:1"));
+    assert_eq!(g.edges[0].capacity, 7);
+    assert_eq!(g.actors[0].line, Some(4));
+    assert_eq!(g.edges[1].line, Some(9));
+    // Without a schedule: exact.
+    let g = parse_pipeline("name: u\nactors: {s: {kind: prompt_source}}\n", "u", &cpu()).expect("ok");
+    assert_eq!(g.schedule.mode, ScheduleMode::Exact);
+    assert!(g.edges.is_empty());
+}
