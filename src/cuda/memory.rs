@@ -1,9 +1,9 @@
 //! Device properties and the CUDA caching allocator's memory statistics.
 #[cfg(feature = "cuda")]
 use super::ffi;
-use anyhow::Result;
 #[cfg(not(feature = "cuda"))]
 use anyhow::bail;
+use anyhow::Result;
 
 /// Memory held by the CUDA caching allocator on one device, in bytes (aggregate over its pools).
 /// `allocated`: in live tensors now; `peak`: highest `allocated` since start or the last
@@ -84,7 +84,10 @@ pub fn memory_stats(device: usize) -> Result<MemStats> {
         let d = checked(device)?;
         let mut raw = ffi::RawMemStats::default();
         // SAFETY: out-pointer to a repr(C) struct on our stack.
-        ffi::check(unsafe { ffi::sf_memory_stats(d, &mut raw) }, "getDeviceStats")?;
+        ffi::check(
+            unsafe { ffi::sf_memory_stats(d, &mut raw) },
+            "getDeviceStats",
+        )?;
         let b = |v: i64| v.max(0) as u64;
         Ok(MemStats {
             allocated: b(raw.allocated),

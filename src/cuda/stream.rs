@@ -200,7 +200,10 @@ impl CudaStream {
         {
             let mut p = std::ptr::null_mut();
             // SAFETY: out-pointer on our stack.
-            ffi::check(unsafe { ffi::sf_stream_raw(self.raw, &mut p) }, "stream handle")?;
+            ffi::check(
+                unsafe { ffi::sf_stream_raw(self.raw, &mut p) },
+                "stream handle",
+            )?;
             Ok(p)
         }
         #[cfg(not(feature = "cuda"))]
