@@ -1,8 +1,24 @@
-//! CUDA extras that tch 0.24 lacks (streams, events, record_stream, device properties), through the
-//! C++ shim in csrc/. Without the `cuda` feature these are CPU stubs.
+//! CUDA extras that tch 0.24 lacks, through the C++ shim in csrc/ (see docs/CUDA.md):
+//! * streams (`CudaStream`, `StreamGuard`), events (`CudaEvent`), `record_stream`;
+//! * device properties and caching-allocator statistics (`device_description`, `memory_stats`, ...);
+//! * activation checkpointing (`checkpoint`), which works on CPU and CUDA in every build.
+//!
+//! Without feature `cuda` the stream and event types exist with host semantics (every stream is the
+//! host stream, events complete immediately and time with the host clock), so CPU code compiles and
+//! runs unchanged.
+pub mod checkpoint;
+mod ffi;
+pub mod memory;
+pub mod stream;
 
-/// A one-line description of device `i` (name, memory); "unknown" details without the shim.
-pub fn device_description(i: usize) -> String {
-    let _ = i;
-    "details need the `cuda` feature (make build-cuda)".to_string()
+pub use checkpoint::{checkpoint, try_checkpoint};
+pub use memory::{
+    device_count, device_description, device_properties, memory_stats, reset_peak, DeviceProps,
+    MemStats,
+};
+pub use stream::{record_stream, CudaEvent, CudaStream, StreamGuard};
+
+/// Whether this binary was built with the CUDA part of the shim (feature `cuda`).
+pub const fn built_with_cuda() -> bool {
+    cfg!(feature = "cuda")
 }
