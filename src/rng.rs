@@ -36,7 +36,7 @@ pub enum Purpose {
 }
 
 /// Which lane of the step a draw belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[repr(u32)]
 pub enum Lane {
     Generator = 0,

@@ -49,7 +49,7 @@ impl Actor for EmaActor {
 
     fn restore(&mut self, _ctx: &mut Ctx, st: ActorState) -> Result<()> {
         if st.json.get("active").and_then(|v| v.as_bool()).unwrap_or(false) {
-            self.ema.load_state(st.tensors)?;
+            self.ema.load_state(Some(&st.tensors), &st.tensors)?;
         }
         self.last = st.json.get("last_version").and_then(|v| v.as_u64());
         Ok(())

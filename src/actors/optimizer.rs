@@ -61,7 +61,8 @@ impl Optimizer {
         };
         let acfg = AdamWConfig {
             lr: f64_param(ctx, "lr", lr_k)?,
-            betas: (f64_param(ctx, "beta1", b1_k)?, f64_param(ctx, "beta2", b2_k)?),
+            beta1: f64_param(ctx, "beta1", b1_k)?,
+            beta2: f64_param(ctx, "beta2", b2_k)?,
             eps: 1e-8,
             weight_decay: f64_param(ctx, "weight_decay", "weight_decay")?,
         };
@@ -106,7 +107,7 @@ impl Optimizer {
 /// Load initial generator weights from a safetensors file (Wan key names, FSDP prefixes stripped).
 fn load_initial(model: &Model, path: &str) -> Result<()> {
     let tensors = crate::models::weights::load_named_tensors(std::path::Path::new(path))?;
-    crate::models::weights::copy_into_varstore(&model.vs, tensors, path)
+    crate::models::weights::copy_into_varstore(&model.vs, &tensors, path)
 }
 
 impl Actor for Optimizer {

@@ -45,7 +45,7 @@ impl Rollout {
         let grad = ctx.param_bool("grad").unwrap_or(false);
         let role = ctx.param_str("model").unwrap_or_else(|| "generator".into());
         let name = zoo::name_for(&role, cfg);
-        let model = zoo::build(&name, &role, cfg, ctx.seed, ctx.device, zoo::compute_kind(cfg, ctx.device))?;
+        let mut model = zoo::build(&name, &role, cfg, ctx.seed, ctx.device, zoo::compute_kind(cfg, ctx.device))?;
         if model.wan().is_none() {
             bail!("rollout `{}`: model `{name}` is not a block-causal Wan generator", ctx.name);
         }
@@ -56,7 +56,7 @@ impl Rollout {
             bail!("num_training_frames {f} is not a multiple of num_frame_per_block {}", cfg.num_frame_per_block);
         }
         if !grad {
-            model.vs.freeze_all();
+            model.vs.freeze();
         }
         let vars = model.vars();
         Ok(Rollout { model, grad, steps, table, vars })

@@ -27,9 +27,9 @@ impl Score {
         let role = ctx.param_str("model").context("score: no `model` parameter")?;
         let name = zoo::name_for(&role, cfg);
         let trainable = ctx.param_bool("trainable").unwrap_or(false);
-        let model = zoo::build(&name, &role, cfg, ctx.seed, ctx.device, zoo::compute_kind(cfg, ctx.device))?;
+        let mut model = zoo::build(&name, &role, cfg, ctx.seed, ctx.device, zoo::compute_kind(cfg, ctx.device))?;
         if !trainable {
-            model.vs.freeze_all();
+            model.vs.freeze();
         }
         let use_cfg = ctx.param_bool("cfg").unwrap_or(false);
         let guidance = if !use_cfg {

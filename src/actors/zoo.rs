@@ -87,7 +87,7 @@ pub fn toy_gmm(cfg: &RunConfig) -> Result<Gmm> {
             t.seed,
         )?,
         "ring" => Gmm::ring(t.num_modes as usize, t.mode_scale, t.mode_std, t.num_classes as usize)?,
-        "imbalanced" => Gmm::imbalanced(t.num_modes as usize, t.mode_scale, t.mode_std, t.num_classes as usize, t.seed)?,
+        "imbalanced" => Gmm::imbalanced(t.num_modes as usize, t.mode_scale, t.mode_std, t.num_classes as usize, 10.0)?,
         other => bail!("config key `toy.kind`: unknown toy `{other}` (procedural, ring, imbalanced)"),
     };
     Ok(g.with_shift(cfg.score_timestep_shift))
@@ -135,8 +135,9 @@ pub fn build(name: &str, role: &str, cfg: &RunConfig, seed: u64, device: Device,
         }
         Net::Wan(m)
     } else if std::path::Path::new(name).is_dir() {
-        let m = crate::models::wan::load_or_build(name, &vs)
+        let (loaded_vs, m) = crate::models::wan::load_or_build(name, device, kind)
             .with_context(|| format!("loading `{role}` weights from `{name}`"))?;
+        vs = loaded_vs;
         Net::Wan(m)
     } else {
         bail!(

@@ -159,7 +159,7 @@ pub fn run_serial(setup: &mut Setup, sup: &mut Supervisor, stop_flag: &std::sync
             }
         }
     }
-    let mut queues: Vec<VecDeque<Msg>> = vec![VecDeque::new(); w.data.len()];
+    let mut queues: Vec<VecDeque<Msg>> = (0..w.data.len()).map(|_| VecDeque::new()).collect();
     let start = setup.plan.start_step;
     let mut boundaries = setup.boundaries(setup.plan.stop_step);
     let drain = |actors: &mut Vec<Box<dyn Actor>>, ctxs: &mut Vec<Ctx>, services: &mut Vec<(usize, Arc<WeightsHub>, u64)>| -> anyhow::Result<()> {

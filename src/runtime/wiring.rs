@@ -97,7 +97,7 @@ impl Wiring {
             else {
                 continue;
             };
-            if e.ty.is_weights() {
+            if e.ty == crate::graph::PortType::Weights {
                 weights.push(WeightsEdge { from, to, to_port: e.to.port.clone() });
             } else {
                 data.push(DataEdge {
