@@ -78,6 +78,7 @@ impl RngKey {
         self.rank = rank;
         self
     }
+    #[allow(clippy::should_implement_trait)]
     pub fn sub(mut self, sub: u64) -> Self {
         self.sub = sub;
         self

@@ -2,6 +2,8 @@
 use clap::{Args, Parser, Subcommand};
 use std::process::ExitCode;
 use stillflow::config::{self, LoadOptions};
+use stillflow::graph::DeviceInventory;
+use stillflow::runtime::RunOptions;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -100,6 +102,31 @@ impl Common {
     }
 }
 
+fn inventory() -> DeviceInventory {
+    DeviceInventory { cuda_devices: tch::Cuda::device_count().max(0) as usize }
+}
+
+fn load_graph(file: &str) -> Result<stillflow::graph::Graph, String> {
+    stillflow::graph::load_pipeline(file, &inventory()).map_err(|e| e.to_string())
+}
+
+/// `check FILE`: a pipeline file (has `actors:`) or a config file; validation only.
+fn check(common: &Common, file: &str) -> Result<(), String> {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let is_pipeline = stillflow::graph::embedded(file).is_some()
+        || text.lines().any(|l| l.starts_with("actors:") || l.starts_with("edges:"));
+    if is_pipeline {
+        let g = load_graph(file)?;
+        println!("{file}: ok (pipeline `{}`: {} actors, {} edges)", g.name, g.actors.len(), g.edges.len());
+    } else {
+        let opts = Common { configs: vec![file.to_string()], ..common.clone() };
+        let loaded = opts.load()?;
+        let g = load_graph(&loaded.config.pipeline)?;
+        println!("{file}: ok (config; pipeline `{}` validates)", g.name);
+    }
+    Ok(())
+}
+
 fn yaml_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
@@ -112,25 +139,23 @@ fn run(cli: Cli) -> Result<(), String> {
             println!("{}", loaded.config.to_json_pretty());
             Ok(())
         }
-        Cmd::Check { file } => {
-            let opts = Common {
-                configs: vec![file.clone()],
-                ..cli.common.clone()
+        Cmd::Check { file } => check(&cli.common, &file),
+        Cmd::Graph { file, format } => {
+            let file = match file {
+                Some(f) => f,
+                None => cli.common.load()?.config.pipeline,
             };
-            opts.load()?;
-            println!("{file}: ok");
+            let g = load_graph(&file)?;
+            println!("{}", if format == "dot" { g.to_dot() } else { g.to_mermaid() });
             Ok(())
         }
-        Cmd::Graph { .. } => Err("graph: the pipeline engine is not built yet".into()),
         Cmd::Doctor => stillflow::profile::doctor::run().map_err(|e| format!("doctor: {e:#}")),
         Cmd::Train => {
             let loaded = cli.common.load()?;
-            println!("{}", loaded.config.to_json_pretty());
-            println!(
-                "config resolved and validated (layers: built-in defaults, {}); the training engine \
-                 is not built yet, so nothing was trained",
-                loaded.layers.join(", ")
-            );
+            let opts = RunOptions { resume: cli.common.resume, quiet: false };
+            let cfg = loaded.config.clone();
+            let report = stillflow::runtime::train(loaded.config, &opts).map_err(|e| format!("{e:#}"))?;
+            print!("{}", stillflow::runtime::summary::render(&cfg, &report));
             Ok(())
         }
     }

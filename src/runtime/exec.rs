@@ -134,10 +134,16 @@ pub fn run_serial(setup: &mut Setup, sup: &mut Supervisor, stop_flag: &std::sync
     let hubs = setup.hubs();
     let w = setup.wiring.clone();
     let stateful = setup.stateful();
+    if setup.device == tch::Device::Cpu {
+        // Same intra-op threading as the threaded executor, so CPU numbers are bit-identical.
+        tch::set_num_threads(1);
+    }
+    // Actors report scalars through a channel; drained into the supervisor after each item.
+    let (ev_tx, ev_rx) = crossbeam_channel::unbounded::<Event>();
     let mut ctxs = vec![];
     let mut actors: Vec<Box<dyn Actor>> = vec![];
     for i in 0..w.nodes.len() {
-        let mut ctx = setup.ctx(i, &hubs, &cancel, &credits, None);
+        let mut ctx = setup.ctx(i, &hubs, &cancel, &credits, Some(ev_tx.clone()));
         let mut a = (setup.build)(&w.nodes[i], &mut ctx)
             .with_context(|| format!("building actor `{}`", w.nodes[i].name))?;
         if let Some(st) = setup.resume.remove(&w.nodes[i].name) {
@@ -224,6 +230,9 @@ pub fn run_serial(setup: &mut Setup, sup: &mut Supervisor, stop_flag: &std::sync
                         Ok(())
                     })?;
                     drain(&mut actors, &mut ctxs, &mut services)?;
+                    while let Ok(ev) = ev_rx.try_recv() {
+                        sup.handle(ev);
+                    }
                     sup.handle(Event::Done { actor: w.nodes[i].name.clone(), work });
                 }
             }

@@ -11,6 +11,7 @@ pub mod plan;
 pub mod progress;
 pub mod run;
 pub mod signals;
+pub mod summary;
 pub mod supervisor;
 pub mod weights;
 pub mod wiring;

@@ -1,0 +1,41 @@
+//! What a finished run prints: what it measured and where the outputs are.
+
+use super::run::RunReport;
+use crate::config::RunConfig;
+use std::fmt::Write;
+
+pub fn render(cfg: &RunConfig, r: &RunReport) -> String {
+    let mut s = String::new();
+    let steps = r.end_step - r.start_step;
+    let _ = writeln!(
+        s,
+        "\ntrained steps {}..{} ({steps} steps) in {:.1} s: {:.2} steps/s, schedule {:?}, seed {}{}",
+        r.start_step,
+        r.end_step,
+        r.wall_s,
+        r.steps_per_s(),
+        r.mode,
+        r.seed,
+        if r.stopped_by_signal { " (stopped by signal)" } else { "" }
+    );
+    let last = |k: &str| r.history.iter().rev().find_map(|l| l.get(k).and_then(|v| v.as_f64()));
+    for k in ["generator_loss", "critic_loss", "generator_grad_norm", "critic_grad_norm", "dmdtrain_gradient_norm"] {
+        if let Some(v) = last(k) {
+            let _ = writeln!(s, "  last {k:<24} {v:.5}");
+        }
+    }
+    if !r.busy.is_empty() {
+        let _ = writeln!(s, "per-actor busy time (share of wall time):");
+        let mut b: Vec<(&String, &f64)> = r.busy.iter().collect();
+        b.sort_by(|a, b| b.1.total_cmp(a.1));
+        for (a, t) in b {
+            let _ = writeln!(s, "  {a:<14} {t:8.2} s  {:5.1} %", 100.0 * t / r.wall_s.max(1e-9));
+        }
+    }
+    let _ = writeln!(s, "outputs in {}:", crate::config::display_path(&cfg.logdir).display());
+    let _ = writeln!(s, "  config.resolved.json, metrics.jsonl ({} lines)", r.history.len());
+    if let Some(c) = r.checkpoints.last() {
+        let _ = writeln!(s, "  checkpoints: {} written, newest {}", r.checkpoints.len(), c.display());
+    }
+    s
+}
