@@ -12,7 +12,10 @@ const W: i64 = 4;
 fn model() -> (VarStore, WanModel) {
     let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let all = load_named_tensors(&dir.join("wan_tiny.safetensors")).unwrap();
-    let w: Vec<_> = all.into_iter().filter(|(n, _)| !n.starts_with("io.")).collect();
+    let w: Vec<_> = all
+        .into_iter()
+        .filter(|(n, _)| !n.starts_with("io."))
+        .collect();
     let cfg = WanConfig::from_json_file(&dir.join("wan_tiny.json")).unwrap();
     let vs = VarStore::new(Device::Cpu);
     let m = WanModel::new(&vs.root(), cfg).unwrap();
@@ -41,7 +44,14 @@ fn rollout(m: &WanModel, x: &Tensor, t: &Tensor, c: &Tensor, cache: &mut KvCache
     let mut s = 0;
     while s < f {
         let n = nb.min(f - s);
-        outs.push(m.forward_causal(&x.narrow(1, s, n), &t.narrow(1, s, n), c, cache, s, CausalMode::CONTEXT));
+        outs.push(m.forward_causal(
+            &x.narrow(1, s, n),
+            &t.narrow(1, s, n),
+            c,
+            cache,
+            s,
+            CausalMode::CONTEXT,
+        ));
         s += n;
     }
     Tensor::cat(&outs, 1)
@@ -50,7 +60,11 @@ fn rollout(m: &WanModel, x: &Tensor, t: &Tensor, c: &Tensor, cache: &mut KvCache
 #[test]
 fn kv_cache_equals_block_causal_mask_global() {
     let (_vs, mut m) = model();
-    m.causal = CausalOptions { num_frame_per_block: 2, local_attn_size: -1, sink_size: 0 };
+    m.causal = CausalOptions {
+        num_frame_per_block: 2,
+        local_attn_size: -1,
+        sink_size: 0,
+    };
     let (x, t, c) = inputs(2, 6, 1);
     let full = tch::no_grad(|| m.forward_full_causal(&x, &t, &c));
     let mut cache = KvCache::new(2);
@@ -86,7 +100,11 @@ fn first_block_causal_equals_bidirectional_on_that_block() {
 #[test]
 fn local_window_with_sink_matches_mask_and_evicts() {
     let (_vs, mut m) = model();
-    m.causal = CausalOptions { num_frame_per_block: 1, local_attn_size: 3, sink_size: 1 };
+    m.causal = CausalOptions {
+        num_frame_per_block: 1,
+        local_attn_size: 3,
+        sink_size: 1,
+    };
     let (x, t, c) = inputs(1, 6, 3);
     let full = tch::no_grad(|| m.forward_full_causal(&x, &t, &c));
     let mut cache = KvCache::new(2);
@@ -98,7 +116,9 @@ fn local_window_with_sink_matches_mask_and_evicts() {
     assert_eq!(cache.cached_frames(), &[0, 4, 5]);
     assert_eq!(cache.keys(0).unwrap().size()[2], 3 * (H / 2) * (W / 2));
     // Frame 2 is outside the window of the last block, frame 0 (sink) is inside.
-    let last = |m: &WanModel, x: &Tensor| tch::no_grad(|| m.forward_full_causal(x, &t, &c)).narrow(1, 5, 1);
+    let last = |m: &WanModel, x: &Tensor| {
+        tch::no_grad(|| m.forward_full_causal(x, &t, &c)).narrow(1, 5, 1)
+    };
     let base = last(&m, &x);
     let x_mid = x.copy();
     let _ = x_mid.narrow(1, 2, 1).g_add_scalar_(1.0);
@@ -126,7 +146,14 @@ fn rewriting_a_block_overwrites_its_slot() {
     // result equals a fresh rollout of the modified input.
     let x2 = x.copy();
     let _ = x2.narrow(1, 3, 3).g_mul_scalar_(-0.5);
-    let o = m.forward_causal(&x2.narrow(1, 3, 3), &t.narrow(1, 3, 3), &c, &mut cache, 3, CausalMode::CONTEXT);
+    let o = m.forward_causal(
+        &x2.narrow(1, 3, 3),
+        &t.narrow(1, 3, 3),
+        &c,
+        &mut cache,
+        3,
+        CausalMode::CONTEXT,
+    );
     assert_eq!(cache.cached_frames(), &[0, 1, 2, 3, 4, 5]);
     let mut fresh = KvCache::new(2);
     let r = rollout(&m, &x2, &t, &c, &mut fresh);
@@ -141,7 +168,14 @@ fn grad_mode_graph_reaches_current_block_and_text_not_past() {
     let (vs, m) = model();
     let (x, t, c) = inputs(1, 6, 5);
     let mut cache = KvCache::new(2);
-    let _ = m.forward_causal(&x.narrow(1, 0, 3), &t.narrow(1, 0, 3), &c, &mut cache, 0, CausalMode::CONTEXT);
+    let _ = m.forward_causal(
+        &x.narrow(1, 0, 3),
+        &t.narrow(1, 0, 3),
+        &c,
+        &mut cache,
+        0,
+        CausalMode::CONTEXT,
+    );
     let past_k = cache.keys(0).unwrap().shallow_clone();
     assert!(!past_k.requires_grad(), "cached K/V are detached");
     let xb = x.narrow(1, 3, 3).detach().set_requires_grad(true);
@@ -150,13 +184,30 @@ fn grad_mode_graph_reaches_current_block_and_text_not_past() {
     let denoise = m.forward_causal(&xb.detach(), &tb, &c, &mut cache, 3, CausalMode::DENOISE);
     assert!(!denoise.requires_grad());
     let out = m.forward_causal(&xb, &tb, &cg, &mut cache, 3, CausalMode::GRAD);
-    assert!(max_rel(&out.detach(), &denoise) <= 1e-5, "GRAD and DENOISE agree numerically");
+    assert!(
+        max_rel(&out.detach(), &denoise) <= 1e-5,
+        "GRAD and DENOISE agree numerically"
+    );
     assert_eq!(cache.cached_frames(), &[0, 1, 2], "GRAD does not write");
     out.square().sum(Kind::Float).backward();
     assert!(xb.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
     // Text K/V recomputed with grad: the gradient reaches cond and the text embedding.
     assert!(cg.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
     let vars = vs.variables();
-    assert!(vars["text_embedding.0.weight"].grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
-    assert!(vars["blocks.1.cross_attn.k.weight"].grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
+    assert!(
+        vars["text_embedding.0.weight"]
+            .grad()
+            .abs()
+            .sum(Kind::Float)
+            .double_value(&[])
+            > 0.0
+    );
+    assert!(
+        vars["blocks.1.cross_attn.k.weight"]
+            .grad()
+            .abs()
+            .sum(Kind::Float)
+            .double_value(&[])
+            > 0.0
+    );
 }

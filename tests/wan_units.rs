@@ -18,7 +18,10 @@ fn close(a: f64, b: f64, tol: f64) -> bool {
 
 #[test]
 fn rope_split_follows_wan() {
-    let c = |heads| WanConfig { num_heads: heads, ..WanConfig::t2v_1_3b() };
+    let c = |heads| WanConfig {
+        num_heads: heads,
+        ..WanConfig::t2v_1_3b()
+    };
     assert_eq!(WanConfig::t2v_1_3b().rope_split(), [44, 42, 42]);
     assert_eq!(WanConfig::t2v_14b().rope_split(), [44, 42, 42]);
     assert_eq!(c(48).rope_split(), [12, 10, 10]); // head_dim 32: 2·⌊32/6⌋ = 10
@@ -95,20 +98,40 @@ fn sinusoid_hand_computed() {
 #[test]
 fn presets_and_param_counts() {
     let small = WanConfig::preset("wan2.1-t2v-1.3b").unwrap();
-    assert_eq!((small.dim, small.ffn_dim, small.num_heads, small.num_layers), (1536, 8960, 12, 30));
-    assert_eq!((small.text_dim, small.text_len, small.freq_dim, small.in_dim), (4096, 512, 256, 16));
+    assert_eq!(
+        (small.dim, small.ffn_dim, small.num_heads, small.num_layers),
+        (1536, 8960, 12, 30)
+    );
+    assert_eq!(
+        (small.text_dim, small.text_len, small.freq_dim, small.in_dim),
+        (4096, 512, 256, 16)
+    );
     let big = WanConfig::preset("wan2.1-t2v-14b").unwrap();
-    assert_eq!((big.dim, big.ffn_dim, big.num_heads, big.num_layers), (5120, 13824, 40, 40));
+    assert_eq!(
+        (big.dim, big.ffn_dim, big.num_heads, big.num_layers),
+        (5120, 13824, 40, 40)
+    );
     // Wan2.1 is "1.3B" / "14B": 1.42e9 and 14.29e9 parameters.
-    assert!((1.3e9..1.5e9).contains(&(small.num_params() as f64)), "{}", small.num_params());
-    assert!((14.0e9..14.5e9).contains(&(big.num_params() as f64)), "{}", big.num_params());
+    assert!(
+        (1.3e9..1.5e9).contains(&(small.num_params() as f64)),
+        "{}",
+        small.num_params()
+    );
+    assert!(
+        (14.0e9..14.5e9).contains(&(big.num_params() as f64)),
+        "{}",
+        big.num_params()
+    );
     // The count matches the VarStore of a tiny model.
     let c = WanConfig::tiny(32, 2, 2, 64, 4, 16);
     let vs = VarStore::new(Device::Cpu);
     let _m = WanModel::new(&vs.root(), c.clone()).unwrap();
     let n: i64 = vs.variables().values().map(|t| t.numel() as i64).sum();
     assert_eq!(n, c.num_params());
-    let err = load_or_build("no-such-model", Device::Cpu, Kind::Float).err().unwrap().to_string();
+    let err = load_or_build("no-such-model", Device::Cpu, Kind::Float)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("wan2.1-t2v-1.3b"), "{err}");
 }
 
@@ -128,7 +151,12 @@ fn random_init_follows_wan_and_fresh_model_predicts_zero() {
     assert!((std("blocks.0.modulation") - 1.0 / 8.0).abs() < 0.02);
     assert_eq!(absmax("head.head.weight"), 0.0);
     assert_eq!(absmax("blocks.0.ffn.0.bias"), 0.0);
-    assert_eq!(vars["blocks.0.cross_attn.norm_k.weight"].min().double_value(&[]), 1.0);
+    assert_eq!(
+        vars["blocks.0.cross_attn.norm_k.weight"]
+            .min()
+            .double_value(&[]),
+        1.0
+    );
     // Keyed draws: same seed, same weights; other seed, other weights.
     let (vs2, _) = build_random(c.clone(), Device::Cpu, Kind::Float, 7).unwrap();
     let (vs3, _) = build_random(c, Device::Cpu, Kind::Float, 8).unwrap();
@@ -156,16 +184,25 @@ fn fixture_model() -> (VarStore, WanModel, Vec<(String, Tensor)>) {
 #[test]
 fn weight_errors_list_everything_at_once() {
     let (vs, _m, all) = fixture_model();
-    let mut w: Vec<(String, Tensor)> = all.into_iter().filter(|(n, _)| !n.starts_with("io.")).collect();
+    let mut w: Vec<(String, Tensor)> = all
+        .into_iter()
+        .filter(|(n, _)| !n.starts_with("io."))
+        .collect();
     w.retain(|(n, _)| n != "blocks.0.self_attn.norm_q.weight" && n != "head.modulation");
-    w.push(("blocks.0.self_attn.qq.weight".into(), Tensor::zeros([2], (Kind::Float, Device::Cpu))));
+    w.push((
+        "blocks.0.self_attn.qq.weight".into(),
+        Tensor::zeros([2], (Kind::Float, Device::Cpu)),
+    ));
     for (n, t) in w.iter_mut() {
         if n == "blocks.1.ffn.0.weight" {
             *t = Tensor::zeros([64, 41], (Kind::Float, Device::Cpu));
         }
     }
     let before = vs.variables()["patch_embedding.weight"].copy();
-    let err = copy_into_varstore(&vs, &w, "my_ckpt.safetensors").err().unwrap().to_string();
+    let err = copy_into_varstore(&vs, &w, "my_ckpt.safetensors")
+        .err()
+        .unwrap()
+        .to_string();
     for s in [
         "my_ckpt.safetensors",
         "missing: blocks.0.self_attn.norm_q.weight",
@@ -177,33 +214,61 @@ fn weight_errors_list_everything_at_once() {
     }
     // Nothing was copied.
     assert!(vs.variables()["patch_embedding.weight"].equal(&before));
-    assert_eq!(strip_wrapper_prefixes("model._fsdp_wrapped_module.blocks.0.a"), "blocks.0.a");
-    assert_eq!(strip_wrapper_prefixes("head.head.weight"), "head.head.weight");
+    assert_eq!(
+        strip_wrapper_prefixes("model._fsdp_wrapped_module.blocks.0.a"),
+        "blocks.0.a"
+    );
+    assert_eq!(
+        strip_wrapper_prefixes("head.head.weight"),
+        "head.head.weight"
+    );
 }
 
 #[test]
 fn corrupt_and_truncated_files_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let src = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/wan_tiny.safetensors");
+    let src = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/wan_tiny.safetensors");
     let bytes = std::fs::read(&src).unwrap();
     let trunc = dir.path().join("trunc.safetensors");
     std::fs::write(&trunc, &bytes[..bytes.len() / 2]).unwrap();
     let e = load_named_tensors(&trunc).err().unwrap().to_string();
-    assert!(e.contains("trunc.safetensors") && e.contains("corrupt or truncated"), "{e}");
+    assert!(
+        e.contains("trunc.safetensors") && e.contains("corrupt or truncated"),
+        "{e}"
+    );
     let junk = dir.path().join("junk.safetensors");
     std::fs::write(&junk, b"this is not a safetensors file at all").unwrap();
     let e = load_named_tensors(&junk).err().unwrap().to_string();
     assert!(e.contains("junk.safetensors"), "{e}");
     let tiny = dir.path().join("tiny.safetensors");
     std::fs::write(&tiny, b"abc").unwrap();
-    assert!(load_named_tensors(&tiny).err().unwrap().to_string().contains("truncated"));
-    let e = load_named_tensors(&dir.path().join("absent.safetensors")).err().unwrap().to_string();
+    assert!(load_named_tensors(&tiny)
+        .err()
+        .unwrap()
+        .to_string()
+        .contains("truncated"));
+    let e = load_named_tensors(&dir.path().join("absent.safetensors"))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("absent.safetensors"), "{e}");
     // A folder without weights.
-    std::fs::copy(src.with_file_name("wan_tiny.json"), dir.path().join("config.json")).unwrap();
+    std::fs::copy(
+        src.with_file_name("wan_tiny.json"),
+        dir.path().join("config.json"),
+    )
+    .unwrap();
     let sub = tempfile::tempdir().unwrap();
-    std::fs::copy(src.with_file_name("wan_tiny.json"), sub.path().join("config.json")).unwrap();
-    let e = load_or_build(sub.path().to_str().unwrap(), Device::Cpu, Kind::Float).err().unwrap().to_string();
+    std::fs::copy(
+        src.with_file_name("wan_tiny.json"),
+        sub.path().join("config.json"),
+    )
+    .unwrap();
+    let e = load_or_build(sub.path().to_str().unwrap(), Device::Cpu, Kind::Float)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("no *.safetensors"), "{e}");
 }
 
@@ -213,7 +278,12 @@ fn bf16_model_tracks_f32() {
     let (io, w): (Vec<_>, Vec<_>) = all.into_iter().partition(|(n, _)| n.starts_with("io."));
     copy_into_varstore(&vs, &w, "fixture").unwrap();
     let get = |k: &str| io.iter().find(|(n, _)| n == k).unwrap().1.shallow_clone();
-    let (x, t, c, want) = (get("io.x"), get("io.t_frame"), get("io.context"), get("io.out_frame"));
+    let (x, t, c, want) = (
+        get("io.x"),
+        get("io.t_frame"),
+        get("io.context"),
+        get("io.out_frame"),
+    );
     vs.set_kind(Kind::BFloat16);
     assert_eq!(m.kind(), Kind::BFloat16);
     let out = tch::no_grad(|| m.flow(&x.to_kind(Kind::BFloat16), &t, &c));
