@@ -20,13 +20,18 @@ struct Fixture {
 fn load_fixture() -> Fixture {
     let all = load_named_tensors(&fixture().join("wan_tiny.safetensors")).expect("fixture");
     let (io, weights): (Vec<_>, Vec<_>) = all.into_iter().partition(|(n, _)| n.starts_with("io."));
-    let io = io.into_iter().map(|(n, t)| (n[3..].to_string(), t)).collect();
+    let io = io
+        .into_iter()
+        .map(|(n, t)| (n[3..].to_string(), t))
+        .collect();
     let cfg = WanConfig::from_json_file(&fixture().join("wan_tiny.json")).expect("config");
     Fixture { weights, io, cfg }
 }
 
 fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
-    let d = (a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).norm().double_value(&[]);
+    let d = (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
+        .norm()
+        .double_value(&[]);
     d / b.to_kind(Kind::Double).norm().double_value(&[])
 }
 
@@ -79,7 +84,11 @@ fn matches_diffusers_per_frame_timesteps() {
 fn load_or_build_reads_a_wan_folder_with_prefixes() {
     let fx = load_fixture();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(fixture().join("wan_tiny.json"), dir.path().join("config.json")).unwrap();
+    std::fs::copy(
+        fixture().join("wan_tiny.json"),
+        dir.path().join("config.json"),
+    )
+    .unwrap();
     // Two shards, FSDP-style prefixes on one of them.
     let (a, b) = fx.weights.split_at(fx.weights.len() / 2);
     let a: Vec<(String, Tensor)> = a

@@ -373,7 +373,8 @@ impl WanModel {
                 .transpose(1, 2);
             let (ck, cv) = &cross[li];
             let y = sdpa(&q, ck, cv, None);
-            x = x + c.o.fwd(&y.transpose(1, 2).reshape([b, n, d]));
+            // Out of place on purpose: `x +=` would mutate a tensor saved for backward.
+            x = x.g_add(&c.o.fwd(&y.transpose(1, 2).reshape([b, n, d])));
 
             // FFN: Linear → GELU(tanh) → Linear.
             let xn = modln(&x, &term(3), &term(4));

@@ -1,6 +1,6 @@
 //! Wan's 3-D rotary position embedding and sinusoidal time embedding.
 //!
-//! Both are computed in float64 like Wan (`rope_params`, `sinusoidal_embedding_1d`) but only on the
+//! Both are computed in float64 like Wan (`rope_params`, `sinusoidal_embedding_1d`), but only the
 //! small tables; the big q/k tensors are rotated in float32 (exact to f32 rounding, and the bf16
 //! result is the same as rotating in float64 and rounding).
 
@@ -83,26 +83,14 @@ pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
 }
 
 /// Wan's `sinusoidal_embedding_1d(dim, t)`: [cos(t·ω_i), sin(t·ω_i)] with ω_i = 10000^(−i/half),
-/// half = dim/2, computed in float64 on the host. `t` is any float tensor; returns float64
-/// [t.numel(), dim] on `t`'s device.
+/// half = dim/2, computed in float64 on `t`'s device (no host round trip, so no sync on GPU).
+/// `t` is any float tensor; returns float64 [t.numel(), dim].
 pub fn sinusoidal_embedding(dim: i64, t: &Tensor) -> Tensor {
-    let tv: Vec<f64> = Vec::<f64>::try_from(
-        t.to_kind(Kind::Double)
-            .to_device(Device::Cpu)
-            .contiguous()
-            .view(-1),
-    )
-    .expect("timesteps must be a numeric tensor");
     let half = dim / 2;
-    let mut out = Vec::with_capacity(tv.len() * dim as usize);
-    for &tt in &tv {
-        let args: Vec<f64> = (0..half)
-            .map(|i| tt * 10000f64.powf(-(i as f64) / half as f64))
-            .collect();
-        out.extend(args.iter().map(|a| a.cos()));
-        out.extend(args.iter().map(|a| a.sin()));
-    }
-    Tensor::from_slice(&out)
-        .view([tv.len() as i64, dim])
-        .to_device(t.device())
+    let omega: Vec<f64> = (0..half)
+        .map(|i| 10000f64.powf(-(i as f64) / half as f64))
+        .collect();
+    let omega = Tensor::from_slice(&omega).to_device(t.device());
+    let args = t.to_kind(Kind::Double).reshape([-1, 1]) * omega.view([1, half]);
+    Tensor::cat(&[args.cos(), args.sin()], 1)
 }
