@@ -30,7 +30,11 @@ fn grid_numbers_shift5_and_shift8() {
     assert_eq!(s8.timesteps[250], 960.0);
     for (i, u) in [(250, 0.75), (500, 0.5), (750, 0.25), (999, 0.001)] {
         assert!(close(s8.timesteps[i], f8(u), 1e-4), "shift 8 t_{i}");
-        assert!(close(s5.timesteps[i], 1000.0 * 5.0 * u / (1.0 + 4.0 * u), 1e-4));
+        assert!(close(
+            s5.timesteps[i],
+            1000.0 * 5.0 * u / (1.0 + 4.0 * u),
+            1e-4
+        ));
     }
     assert!(close(s8.timesteps[500], 888.888_89, 1e-4));
     assert!(close(s8.timesteps[750], 727.272_73, 1e-4));
@@ -184,7 +188,11 @@ fn add_noise_and_conversions() {
     add_noise(&s5, &x0g, &eps, &t).sum(Kind::Double).backward();
     let g = x0g.grad();
     let one_minus = (1.0f32 - s5.sigma(500.0) as f32) as f64;
-    assert!(close(g.get(0).get(2).mean(Kind::Double).double_value(&[]), one_minus, 1e-12));
+    assert!(close(
+        g.get(0).get(2).mean(Kind::Double).double_value(&[]),
+        one_minus,
+        1e-12
+    ));
 }
 
 #[test]
@@ -220,15 +228,23 @@ fn score_timesteps_distribution_frames_and_keys() {
     let t = sample_score_timesteps(&key(11), b, f, 0, 1000, 5.0, 1000, Device::Cpu);
     assert_eq!(t.size(), vec![b, f]);
     // Repeated over frames.
-    assert!(t.narrow(1, 1, 2).equal(&t.narrow(1, 0, 1).expand([b, 2], false)));
+    assert!(t
+        .narrow(1, 1, 2)
+        .equal(&t.narrow(1, 0, 1).expand([b, 2], false)));
     let col = Vec::<f32>::try_from(t.select(1, 0)).unwrap();
     assert!(col.iter().all(|&x| (20.0..=980.0).contains(&x)));
     let n = col.len() as f64;
     let at980 = col.iter().filter(|&&x| x == 980.0).count() as f64 / n;
     let at20 = col.iter().filter(|&&x| x == 20.0).count() as f64 / n;
     // Raw t ∈ [908, 999] → 980 (9.2%), raw t ∈ [0, 4] → 20 (0.5%). 4σ binomial bands.
-    assert!((at980 - 0.092).abs() < 4.0 * (0.092f64 * 0.908 / n).sqrt(), "{at980}");
-    assert!((at20 - 0.005).abs() < 4.0 * (0.005f64 * 0.995 / n).sqrt(), "{at20}");
+    assert!(
+        (at980 - 0.092).abs() < 4.0 * (0.092f64 * 0.908 / n).sqrt(),
+        "{at980}"
+    );
+    assert!(
+        (at20 - 0.005).abs() < 4.0 * (0.005f64 * 0.995 / n).sqrt(),
+        "{at20}"
+    );
     // Nothing strictly between 979.91 and 980 and values are shifted (mean well above 500).
     let mean = col.iter().map(|&x| x as f64).sum::<f64>() / n;
     assert!(mean > 700.0 && mean < 760.0, "mean {mean}");

@@ -26,7 +26,10 @@ fn toy_score(calls: &Cell<usize>) -> impl Fn(&Tensor, &Tensor, &Tensor) -> Tenso
         let b = x_t.size()[0];
         let f = x_t.size()[1];
         let tt = (t / 1000.0).view([b, f, 1, 1, 1]);
-        let c = cond.tanh().mean_dim(&[1i64, 2][..], false, None).view([b, 1, 1, 1, 1]);
+        let c = cond
+            .tanh()
+            .mean_dim(&[1i64, 2][..], false, None)
+            .view([b, 1, 1, 1, 1]);
         (x_t * (tt.ones_like() - &tt)).sin() + c * x_t.cos() + &tt
     }
 }
@@ -121,7 +124,10 @@ fn critic_loss_consistent_form_quirk_and_x0_target() {
     assert!((lq.double_value(&[]) - want_q).abs() < 1e-10);
     assert!((lq.double_value(&[]) - l.double_value(&[])).abs() > 1e-2);
     let r = Vec::<f64>::try_from(ratio.view([-1])).unwrap();
-    assert!((r[0] - 1.194).abs() < 0.005 && (r[2] - 1.11).abs() < 0.01, "{r:?}");
+    assert!(
+        (r[0] - 1.194).abs() < 0.005 && (r[2] - 1.11).abs() < 0.01,
+        "{r:?}"
+    );
     assert!((r[4] - 1.0).abs() < 0.01, "{r:?}");
 
     // x0 target: mean((x0_f − x)²).
@@ -129,7 +135,13 @@ fn critic_loss_consistent_form_quirk_and_x0_target() {
     let want_x = (&critic_x0 - &x).square().mean(Kind::Double);
     assert!(lx.allclose(&want_x, 0.0, 0.0, false));
 
-    assert_eq!("flow".parse::<DenoisingLossType>().unwrap(), DenoisingLossType::Flow);
-    assert_eq!("x0".parse::<DenoisingLossType>().unwrap(), DenoisingLossType::X0);
+    assert_eq!(
+        "flow".parse::<DenoisingLossType>().unwrap(),
+        DenoisingLossType::Flow
+    );
+    assert_eq!(
+        "x0".parse::<DenoisingLossType>().unwrap(),
+        DenoisingLossType::X0
+    );
     assert!("eps".parse::<DenoisingLossType>().is_err());
 }

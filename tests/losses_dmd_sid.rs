@@ -57,7 +57,9 @@ fn dmd_surrogate_gradient_identity() {
 
 #[test]
 fn dmd_bf16_inputs_give_f64_loss_and_the_same_identity() {
-    let x = rn(1, &SHAPE).to_kind(Kind::BFloat16).set_requires_grad(true);
+    let x = rn(1, &SHAPE)
+        .to_kind(Kind::BFloat16)
+        .set_requires_grad(true);
     let r = rn(2, &SHAPE).to_kind(Kind::BFloat16);
     let f = rn(3, &SHAPE).to_kind(Kind::BFloat16);
     let out = dmd_loss(&x, &r, &f);
@@ -102,7 +104,11 @@ fn dmd_nan_and_inf_follow_nan_to_num() {
     let _ = r.get(0).get(1).get(2).get(0).get(1).fill_(f64::NAN);
     let g = dmd_gradient(&x, &r, &f);
     assert_eq!(max_abs(&g.get(0)), 0.0);
-    let clean = manual_dmd_grad(&x.get(1).unsqueeze(0), &r.get(1).unsqueeze(0), &f.get(1).unsqueeze(0));
+    let clean = manual_dmd_grad(
+        &x.get(1).unsqueeze(0),
+        &r.get(1).unsqueeze(0),
+        &f.get(1).unsqueeze(0),
+    );
     assert!(g.get(1).allclose(&clean.get(0), 1e-12, 1e-12, false));
     let out = dmd_loss(&x.set_requires_grad(true), &r, &f);
     assert!(out.loss.double_value(&[]).is_finite());
@@ -122,7 +128,12 @@ fn dmd_mask_averages_selected_elements() {
     let m = mask.sum(Kind::Int64).int64_value(&[]) as f64;
     let out = dmd_loss_masked(&x, &r, &f, Some(&mask));
     let g = manual_dmd_grad(&x.detach(), &r, &f);
-    let want = 0.5 * g.masked_select(&mask).square().sum(Kind::Double).double_value(&[]) / m;
+    let want = 0.5
+        * g.masked_select(&mask)
+            .square()
+            .sum(Kind::Double)
+            .double_value(&[])
+        / m;
     assert!((out.loss.double_value(&[]) - want).abs() < 1e-12);
     out.loss.backward();
     let want_grad = g * mask.to_kind(Kind::Double) / m;
@@ -145,8 +156,12 @@ fn sid_fixed_point_and_alpha_one_reduction() {
     // α = 1: ℓ = (r − f)(f − x)/norm; general α by its formula.
     let x = rn(1, &SHAPE);
     let (r, f) = (rn(2, &SHAPE), rn(3, &SHAPE));
-    let norm = (&x - &r).abs().mean_dim(&[1i64, 2, 3, 4][..], true, Kind::Double);
-    let l1 = ((&r - &f) * (&f - &x) / &norm).mean(Kind::Double).double_value(&[]);
+    let norm = (&x - &r)
+        .abs()
+        .mean_dim(&[1i64, 2, 3, 4][..], true, Kind::Double);
+    let l1 = ((&r - &f) * (&f - &x) / &norm)
+        .mean(Kind::Double)
+        .double_value(&[]);
     assert!((sid_loss(&x, &r, &f, 1.0).loss.double_value(&[]) - l1).abs() < 1e-12);
     let a = 0.5;
     let la = ((&r - &f) * ((&r - &x) - (&r - &f) * a) / &norm)
@@ -166,7 +181,9 @@ fn sid_normaliser_is_per_sample_and_nan_safe() {
     let both = sid_loss(&cat(&x0, &x1), &cat(&r0, &r1), &cat(&f0, &f1), 1.2);
     assert!((both.loss.double_value(&[]) - 0.5 * (l0 + l1)).abs() < 1e-12);
     // Homogeneity: scaling x, r, f of a sample by 4 scales its loss by 16/4 = 4.
-    let l0x4 = sid_loss(&(&x0 * 4.0), &(&r0 * 4.0), &(&f0 * 4.0), 1.2).loss.double_value(&[]);
+    let l0x4 = sid_loss(&(&x0 * 4.0), &(&r0 * 4.0), &(&f0 * 4.0), 1.2)
+        .loss
+        .double_value(&[]);
     assert!((l0x4 - 4.0 * l0).abs() < 1e-12 * l0.abs().max(1.0));
     // A NaN in sample 1's r: its ℓ is NaN everywhere (NaN normaliser) → 0; the loss stays finite.
     let r1n = r1.copy();
@@ -236,15 +253,24 @@ fn sid_gradient_matches_finite_differences() {
             max_err = max_err.max((fd - auto[i as usize]).abs());
             max_naive = max_naive.max((naive - auto[i as usize]).abs());
         }
-        assert!(max_err < 1e-7, "alpha {alpha}: autograd vs FD off by {max_err}");
+        assert!(
+            max_err < 1e-7,
+            "alpha {alpha}: autograd vs FD off by {max_err}"
+        );
         // The test can tell a differentiated normaliser apart.
         assert!(max_naive > 1e-4, "alpha {alpha}: {max_naive}");
         // Gradient flows through the scores: detaching r and f changes it.
         let x2 = x0.copy().set_requires_grad(true);
         let (r2, f2) = scores(&x2);
-        sid_loss(&x2, &r2.detach(), &f2.detach(), alpha).loss.backward();
+        sid_loss(&x2, &r2.detach(), &f2.detach(), alpha)
+            .loss
+            .backward();
         let detached = Vec::<f64>::try_from(x2.grad().view([-1])).unwrap();
-        let gap = auto.iter().zip(&detached).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        let gap = auto
+            .iter()
+            .zip(&detached)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
         assert!(gap > 1e-3, "alpha {alpha}: {gap}");
     }
 }

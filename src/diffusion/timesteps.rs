@@ -34,7 +34,9 @@ pub fn sample_score_timesteps(
     assert!(batch >= 0 && frames >= 0, "negative batch or frame count");
     let ints = randint_vec(key, min_t, max_t, batch as usize);
     // Long → float32 true division, as `timestep / 1000` does on a long tensor.
-    let t = Tensor::from_slice(&ints).to_kind(Kind::Float).view([batch, 1]);
+    let t = Tensor::from_slice(&ints)
+        .to_kind(Kind::Float)
+        .view([batch, 1]);
     let t = if shift > 1.0 {
         let u = &t / 1000.0;
         let num = &u * shift;

@@ -29,14 +29,18 @@ impl std::str::FromStr for DenoisingLossType {
         match s {
             "flow" => Ok(Self::Flow),
             "x0" => Ok(Self::X0),
-            other => bail!("denoising_loss_type: unknown value {other:?} (expected \"flow\" or \"x0\")"),
+            other => {
+                bail!("denoising_loss_type: unknown value {other:?} (expected \"flow\" or \"x0\")")
+            }
         }
     }
 }
 
 /// L = mean((v − (ε − x))²) in the promoted dtype of the inputs.
 pub fn flow_pred_loss(flow_pred: &Tensor, x: &Tensor, eps: &Tensor) -> Tensor {
-    (flow_pred - flow_target(x, eps)).square().mean(None::<tch::Kind>)
+    (flow_pred - flow_target(x, eps))
+        .square()
+        .mean(None::<tch::Kind>)
 }
 
 /// L = mean((x0_pred − x)²).

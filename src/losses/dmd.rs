@@ -33,11 +33,7 @@ pub fn dmd_loss_masked(
     mask: Option<&Tensor>,
 ) -> GeneratorLoss {
     let grad = dmd_gradient(x, real_x0, fake_x0);
-    let dmd_gradient_norm = tch::no_grad(|| {
-        grad.abs()
-            .mean(Kind::Double)
-            .double_value(&[])
-    });
+    let dmd_gradient_norm = tch::no_grad(|| grad.abs().mean(Kind::Double).double_value(&[]));
     let xd = x.to_kind(Kind::Double);
     let target = (&xd - grad.to_kind(Kind::Double)).detach();
     let mse = match mask {
