@@ -88,7 +88,7 @@ mod tests {
         // Large dof: the χ² is near-normal; at mean + 3 sd the CDF is a little below Φ(3)=0.99865
         // (right skew), e.g. ≈ 0.9982 for dof = 10_000.
         let d = 10_000.0;
-        let p = chi2_cdf(d, d + 3.0 * (2.0 * d as f64).sqrt());
+        let p = chi2_cdf(d, d + 3.0 * (2.0 * d).sqrt());
         assert!(p > 0.997 && p < 0.99865, "{p}");
     }
 }
