@@ -89,7 +89,10 @@ fn duplicate_actor_names_are_caught() {
 #[test]
 fn duplicate_parameter_key_is_caught() {
     let e = err_with("model: real,", "model: real, model: fake,");
-    assert_eq!(e, "bad.yaml:7: invalid YAML: duplicate key `model` in `actors.real`");
+    assert_eq!(
+        e,
+        "bad.yaml:7: invalid YAML: duplicate key `model` in `actors.real`"
+    );
 }
 
 #[test]
@@ -155,8 +158,8 @@ fn port_type_mismatch_names_both_types() {
 
 #[test]
 fn samples_feed_latents_but_not_the_reverse() {
-    // A rollout's Samples may feed a noiser (which takes Latents); Latents may not feed a sink of
-    // Scored… there is none, so check Latents → score.noised.
+    // Samples is a subtype of Latents (the base case feeds roll.samples to a noiser); plain
+    // Latents are not Noised.
     let text = "name: t\nactors:\n  d: {kind: latent_source}\n  s: {kind: score, model: teacher}\n\
                 edges:\n  - {from: d.x0, to: s.noised}\n";
     one(

@@ -190,3 +190,20 @@ fn async_schedule_and_devices_parse() {
     assert_eq!(g.schedule.mode, ScheduleMode::Exact);
     assert!(g.edges.is_empty());
 }
+
+#[test]
+fn docs_embed_the_current_catalogue() {
+    let docs = std::fs::read_to_string("docs/PIPELINES.md").expect("docs/PIPELINES.md");
+    let table = stillflow::graph::kinds::catalogue_markdown();
+    assert!(
+        docs.contains(&table),
+        "docs/PIPELINES.md is out of date; paste this table:\n{table}"
+    );
+    let m = load_pipeline("self_forcing", &cpu())
+        .expect("valid")
+        .to_mermaid();
+    assert!(
+        docs.contains(&m),
+        "docs/PIPELINES.md: paste this mermaid:\n{m}<<END"
+    );
+}

@@ -501,6 +501,43 @@ pub fn kind(name: &str) -> Option<&'static KindSpec> {
     KINDS.iter().find(|k| k.name == name)
 }
 
+/// The catalogue as Markdown tables (ports, then parameters). docs/PIPELINES.md embeds this text
+/// verbatim and a test keeps the two equal.
+pub fn catalogue_markdown() -> String {
+    let mut s = String::from(
+        "| kind | port | dir | type | required | multi | meaning |\n|---|---|---|---|---|---|---|\n",
+    );
+    let yes = |b: bool| if b { "yes" } else { "" };
+    for k in KINDS {
+        for p in k.ports {
+            s += &format!(
+                "| `{}` | `{}` | {} | {} | {} | {} | {} |\n",
+                k.name,
+                p.name,
+                if p.dir == Dir::In { "in" } else { "out" },
+                p.ty,
+                yes(p.required),
+                yes(p.multi),
+                p.doc
+            );
+        }
+    }
+    s += "\n| kind | parameter | type | required | meaning |\n|---|---|---|---|---|\n";
+    for k in KINDS {
+        for p in k.params {
+            s += &format!(
+                "| `{}` | `{}` | {} | {} | {} |\n",
+                k.name,
+                p.name,
+                p.ty.describe(),
+                yes(p.required),
+                p.doc
+            );
+        }
+    }
+    s
+}
+
 /// Levenshtein distance (small strings only).
 fn distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
