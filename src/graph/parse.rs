@@ -3,8 +3,9 @@
 //! are checked in validate.rs.
 
 use super::error::{GraphError, Issue};
-use super::kinds::{self, did_you_mean};
+use super::kinds;
 use super::lines::{locate, Lines};
+use super::suggest::did_you_mean;
 use super::{ActorSpec, PortRef, Schedule, ScheduleMode, DEFAULT_CAPACITY};
 use serde_json::Value as J;
 use serde_norway::{Mapping, Value as Y};

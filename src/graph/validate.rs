@@ -2,8 +2,9 @@
 //! input connections, cycles that no Weights edge breaks, devices, and model consistency.
 
 use super::error::{GraphError, Issue};
-use super::kinds::{did_you_mean, Dir, KindSpec, PortSpec, PortType};
+use super::kinds::{Dir, KindSpec, PortSpec, PortType};
 use super::parse::{Raw, RawEdge};
+use super::suggest::did_you_mean;
 use super::{ActorSpec, DeviceInventory, EdgeSpec, Graph};
 use std::collections::{BTreeMap, HashMap};
 
