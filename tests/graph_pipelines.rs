@@ -9,7 +9,9 @@ fn cpu() -> DeviceInventory {
 }
 
 fn pos(g: &Graph, order: &[usize], name: &str) -> usize {
-    let i = g.actor_index(name).unwrap_or_else(|| panic!("no actor {name}"));
+    let i = g
+        .actor_index(name)
+        .unwrap_or_else(|| panic!("no actor {name}"));
     order.iter().position(|&x| x == i).expect("actor in order")
 }
 
@@ -32,8 +34,13 @@ fn files_on_disk_equal_embedded_and_win_over_names() {
     let b = load_pipeline("self_forcing", &cpu()).expect("embedded");
     assert_eq!(a.file, "pipelines/self_forcing.yaml");
     assert_eq!((a.actors, a.edges), (b.actors, b.edges));
-    let e = load_pipeline("no_such_pipeline", &cpu()).unwrap_err().to_string();
-    assert!(e.contains("no_such_pipeline") && e.contains("self_forcing, teacher, sample"), "{e}");
+    let e = load_pipeline("no_such_pipeline", &cpu())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("no_such_pipeline") && e.contains("self_forcing, teacher, sample"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -46,8 +53,14 @@ fn self_forcing_structure() {
     let rc = g.actor("rollout_c").expect("rollout_c");
     assert_eq!(rc.stream.as_deref(), Some("rollout"));
     assert_eq!(rc.param_bool("grad"), Some(false));
-    assert_eq!(g.actor("rollout_g").and_then(|a| a.param_bool("grad")), Some(true));
-    assert_eq!(g.actor("gen_loss").map(|a| a.kind.as_str()), Some("distribution_loss"));
+    assert_eq!(
+        g.actor("rollout_g").and_then(|a| a.param_bool("grad")),
+        Some(true)
+    );
+    assert_eq!(
+        g.actor("gen_loss").map(|a| a.kind.as_str()),
+        Some("distribution_loss")
+    );
     // Port types recorded on the edges.
     let ty = |f: &str, t: &str| {
         g.edges
@@ -55,20 +68,39 @@ fn self_forcing_structure() {
             .find(|e| e.from.to_string() == f && e.to.to_string() == t)
             .map(|e| e.ty)
     };
-    assert_eq!(ty("rollout_g.samples", "noise_g.samples"), Some(PortType::Samples));
-    assert_eq!(ty("opt_c.weights", "fake_view.weights"), Some(PortType::Weights));
+    assert_eq!(
+        ty("rollout_g.samples", "noise_g.samples"),
+        Some(PortType::Samples)
+    );
+    assert_eq!(
+        ty("opt_c.weights", "fake_view.weights"),
+        Some(PortType::Weights)
+    );
     assert_eq!(ty("gen_loss.loss", "opt_g.loss"), Some(PortType::Loss));
     // Default capacity 2, explicit 1 on the weights edges.
     for e in &g.edges {
         assert_eq!(e.capacity, if e.is_weights() { 1 } else { 2 }, "{:?}", e);
     }
     // Adjacency.
-    let ins: Vec<String> = g.inputs_of("gen_loss").iter().map(|e| e.from.to_string()).collect();
+    let ins: Vec<String> = g
+        .inputs_of("gen_loss")
+        .iter()
+        .map(|e| e.from.to_string())
+        .collect();
     assert_eq!(ins, ["real_score.scored", "fake_view.scored"]);
-    let outs: Vec<String> = g.outputs_of("opt_g").iter().map(|e| e.to.to_string()).collect();
+    let outs: Vec<String> = g
+        .outputs_of("opt_g")
+        .iter()
+        .map(|e| e.to.to_string())
+        .collect();
     assert_eq!(
         outs,
-        ["rollout_g.weights", "rollout_c.weights", "ema.weights", "checkpoint.weights"]
+        [
+            "rollout_g.weights",
+            "rollout_c.weights",
+            "ema.weights",
+            "checkpoint.weights"
+        ]
     );
     assert_eq!(g.inputs_of("checkpoint").len(), 3);
     assert!(g.inputs_of("prompts_g").is_empty());
@@ -79,7 +111,10 @@ fn topo_order_respects_data_edges_and_ignores_weights() {
     let g = load_pipeline("self_forcing", &cpu()).expect("valid");
     let o = g.topo_order();
     for e in g.edges.iter().filter(|e| !e.is_weights()) {
-        assert!(pos(&g, &o, &e.from.actor) < pos(&g, &o, &e.to.actor), "{e:?}");
+        assert!(
+            pos(&g, &o, &e.from.actor) < pos(&g, &o, &e.to.actor),
+            "{e:?}"
+        );
     }
     // Weights edges point backwards (opt_g feeds rollout_g, which comes first).
     assert!(pos(&g, &o, "rollout_g") < pos(&g, &o, "opt_g"));
@@ -87,8 +122,15 @@ fn topo_order_respects_data_edges_and_ignores_weights() {
     let names: Vec<&str> = o.iter().map(|&i| g.actors[i].name.as_str()).collect();
     assert_eq!(&names[..3], ["prompts_g", "prompts_c", "rollout_g"]);
     let t = load_pipeline("teacher", &cpu()).expect("valid");
-    let names: Vec<&str> = t.topo_order().iter().map(|&i| t.actors[i].name.as_str()).collect();
-    assert_eq!(names, ["data", "noise", "teacher", "loss", "opt", "checkpoint"]);
+    let names: Vec<&str> = t
+        .topo_order()
+        .iter()
+        .map(|&i| t.actors[i].name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["data", "noise", "teacher", "loss", "opt", "checkpoint"]
+    );
 }
 
 #[test]
@@ -101,7 +143,10 @@ fn renderings_contain_every_edge() {
         assert!(d.starts_with(&format!("digraph \"{name}\" {{")) && d.trim_end().ends_with('}'));
         for a in &g.actors {
             assert!(m.contains(&format!("{}[\"{}<br/><i>{}</i>\"]", a.name, a.name, a.kind)));
-            assert!(d.contains(&format!("\"{}\" [label=\"{}\\n({})\"];", a.name, a.name, a.kind)));
+            assert!(d.contains(&format!(
+                "\"{}\" [label=\"{}\\n({})\"];",
+                a.name, a.name, a.kind
+            )));
         }
         for e in &g.edges {
             let arrow = if e.is_weights() { "-.->" } else { "-->" };
@@ -117,7 +162,10 @@ fn renderings_contain_every_edge() {
             );
             assert!(d.contains(&de), "dot lacks {de}\n{d}");
         }
-        assert_eq!(m.matches("--").count() + m.matches("-.->").count(), g.edges.len());
+        assert_eq!(
+            m.matches("--").count() + m.matches("-.->").count(),
+            g.edges.len()
+        );
         assert_eq!(d.matches(" -> ").count(), g.edges.len());
     }
 }
@@ -137,7 +185,25 @@ fn async_schedule_and_devices_parse() {
     assert_eq!(g.actors[0].line, Some(4));
     assert_eq!(g.edges[1].line, Some(9));
     // Without a schedule: exact.
-    let g = parse_pipeline("name: u\nactors: {s: {kind: prompt_source}}\n", "u", &cpu()).expect("ok");
+    let g =
+        parse_pipeline("name: u\nactors: {s: {kind: prompt_source}}\n", "u", &cpu()).expect("ok");
     assert_eq!(g.schedule.mode, ScheduleMode::Exact);
     assert!(g.edges.is_empty());
+}
+
+#[test]
+fn docs_embed_the_current_catalogue() {
+    let docs = std::fs::read_to_string("docs/PIPELINES.md").expect("docs/PIPELINES.md");
+    let table = stillflow::graph::kinds::catalogue_markdown();
+    assert!(
+        docs.contains(&table),
+        "docs/PIPELINES.md is out of date; paste this table:\n{table}"
+    );
+    let m = load_pipeline("self_forcing", &cpu())
+        .expect("valid")
+        .to_mermaid();
+    assert!(
+        docs.contains(&m),
+        "docs/PIPELINES.md: paste this mermaid:\n{m}<<END"
+    );
 }

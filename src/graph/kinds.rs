@@ -501,31 +501,41 @@ pub fn kind(name: &str) -> Option<&'static KindSpec> {
     KINDS.iter().find(|k| k.name == name)
 }
 
-/// Levenshtein distance (small strings only).
-fn distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != *cb);
-            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+/// The catalogue as Markdown tables (ports, then parameters). docs/PIPELINES.md embeds this text
+/// verbatim and a test keeps the two equal.
+pub fn catalogue_markdown() -> String {
+    let mut s = String::from(
+        "| kind | port | dir | type | required | multi | meaning |\n|---|---|---|---|---|---|---|\n",
+    );
+    let yes = |b: bool| if b { "yes" } else { "" };
+    for k in KINDS {
+        for p in k.ports {
+            s += &format!(
+                "| `{}` | `{}` | {} | {} | {} | {} | {} |\n",
+                k.name,
+                p.name,
+                if p.dir == Dir::In { "in" } else { "out" },
+                p.ty,
+                yes(p.required),
+                yes(p.multi),
+                p.doc
+            );
         }
-        prev = cur;
     }
-    prev[b.len()]
-}
-
-/// " (did you mean `x`?)" for the closest candidate within a small edit distance, else "".
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
-    let limit = (word.chars().count() / 3).max(2);
-    candidates
-        .into_iter()
-        .map(|c| (distance(word, c), c))
-        .filter(|(d, _)| *d <= limit)
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| format!(" (did you mean `{c}`?)"))
-        .unwrap_or_default()
+    s += "\n| kind | parameter | type | required | meaning |\n|---|---|---|---|---|\n";
+    for k in KINDS {
+        for p in k.params {
+            s += &format!(
+                "| `{}` | `{}` | {} | {} | {} |\n",
+                k.name,
+                p.name,
+                p.ty.describe(),
+                yes(p.required),
+                p.doc
+            );
+        }
+    }
+    s
 }
 
 #[cfg(test)]
@@ -559,16 +569,6 @@ mod tests {
         assert!(!PortType::Samples.accepts(PortType::Latents));
         assert!(PortType::Any.accepts(PortType::Weights));
         assert!(!PortType::Scored.accepts(PortType::Noised));
-    }
-
-    #[test]
-    fn suggestions() {
-        assert_eq!(
-            did_you_mean("rolout", ["rollout", "noiser"]),
-            " (did you mean `rollout`?)"
-        );
-        assert_eq!(did_you_mean("zzzzzz", ["rollout"]), "");
-        assert_eq!(distance("kitten", "sitting"), 3);
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod kinds;
 mod lines;
 mod parse;
 mod render;
+mod suggest;
 mod validate;
 
 pub use error::{GraphError, Issue};

@@ -3,8 +3,9 @@
 //! are checked in validate.rs.
 
 use super::error::{GraphError, Issue};
-use super::kinds::{self, did_you_mean};
+use super::kinds;
 use super::lines::{locate, Lines};
+use super::suggest::did_you_mean;
 use super::{ActorSpec, PortRef, Schedule, ScheduleMode, DEFAULT_CAPACITY};
 use serde_json::Value as J;
 use serde_norway::{Mapping, Value as Y};
@@ -133,22 +134,42 @@ impl Ctx<'_> {
     }
 }
 
-/// Turn serde_norway's error into ours; a duplicate actor name gets its own wording.
+/// Turn serde_norway's error into ours. Its duplicate-key errors read
+/// `PATH: duplicate entry with key "K" at line L column C`, where L is the start of the mapping;
+/// a duplicate actor name is reported at its second occurrence instead.
 fn yaml_error(e: serde_norway::Error, file: &str, lines: &Lines) -> GraphError {
-    let line = e.location().map(|l| l.line());
-    let text = e.to_string();
-    let dup = text
-        .strip_prefix("duplicate entry with key \"")
-        .and_then(|r| r.split('"').next());
+    let mut line = e.location().map(|l| l.line());
+    let mut text = e.to_string();
+    if let Some(i) = text.rfind(" at line ") {
+        text.truncate(i);
+    }
+    const DUP: &str = "duplicate entry with key \"";
+    let dup = text.find(DUP).map(|i| {
+        let path = text[..i].trim_end_matches([' ', ':']).to_string();
+        let key = text[i + DUP.len()..]
+            .split('"')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        (path, key)
+    });
     let message = match dup {
-        Some(k) if lines.actors.iter().any(|(n, l)| n == k && Some(*l) == line) => {
-            let first = lines
-                .actor(k)
-                .map(|l| format!(" (first at line {l})"))
-                .unwrap_or_default();
-            format!("duplicate actor name `{k}`{first}: actor names must be unique")
+        Some((path, k)) if path == "actors" => {
+            let at: Vec<usize> = lines
+                .actors
+                .iter()
+                .filter(|(n, _)| *n == k)
+                .map(|(_, l)| *l)
+                .collect();
+            if let [first, second, ..] = at[..] {
+                line = Some(second);
+                format!("duplicate actor name `{k}` (first at line {first}): actor names must be unique")
+            } else {
+                format!("duplicate actor name `{k}`: actor names must be unique")
+            }
         }
-        Some(k) => format!("duplicate key `{k}` ({text})"),
+        Some((path, k)) if path.is_empty() => format!("duplicate top-level key `{k}`"),
+        Some((path, k)) => format!("duplicate key `{k}` in `{path}`"),
         None => text,
     };
     GraphError::Yaml {

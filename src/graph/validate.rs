@@ -2,8 +2,9 @@
 //! input connections, cycles that no Weights edge breaks, devices, and model consistency.
 
 use super::error::{GraphError, Issue};
-use super::kinds::{did_you_mean, Dir, KindSpec, PortSpec, PortType};
+use super::kinds::{Dir, KindSpec, PortSpec, PortType};
 use super::parse::{Raw, RawEdge};
+use super::suggest::did_you_mean;
 use super::{ActorSpec, DeviceInventory, EdgeSpec, Graph};
 use std::collections::{BTreeMap, HashMap};
 
@@ -174,15 +175,19 @@ pub(crate) fn validate(raw: Raw, file: &str, inv: &DeviceInventory) -> Result<Gr
     for a in &raw.actors {
         check_device(&mut v, a, inv);
     }
-    // Resolve edges. `edges` keeps those whose ports resolved (even with a type mismatch, so that
-    // connection counts and cycles are still checked).
+    // Resolve edges. `edges` keeps those whose two ports resolved (even with a type mismatch, so
+    // cycles are still checked); `into` records every edge whose input end resolved, so a bad
+    // producer does not also make its consumer look unconnected.
     let mut edges: Vec<(EdgeSpec, &'static PortSpec)> = Vec::new();
+    let mut into: BTreeMap<(usize, &str), Vec<String>> = BTreeMap::new();
     for e in &raw.edges {
-        let (Some(from), Some(to)) = (&e.from, &e.to) else {
-            continue;
-        };
-        let mut ends = Vec::new();
-        for (r, dir) in [(from, Dir::Out), (to, Dir::In)] {
+        let mut ends: [Option<&'static PortSpec>; 2] = [None, None];
+        for (k, (r, dir)) in [(&e.from, Dir::Out), (&e.to, Dir::In)]
+            .into_iter()
+            .enumerate()
+        {
+            // A malformed reference was reported by the parser.
+            let Some(r) = r else { continue };
             let Some(&ai) = index.get(r.actor.as_str()) else {
                 let hint = did_you_mean(&r.actor, raw.actors.iter().map(|a| a.name.as_str()));
                 let which = if dir == Dir::Out { "from" } else { "to" };
@@ -196,12 +201,16 @@ pub(crate) fn validate(raw: Raw, file: &str, inv: &DeviceInventory) -> Result<Gr
             let a = &raw.actors[ai];
             // An actor with an unknown kind was reported already; its ports cannot be checked.
             if let Some(ks) = a.spec() {
-                if let Some(p) = resolve_port(&mut v, e, a, ks, &r.port, dir) {
-                    ends.push(p);
+                ends[k] = resolve_port(&mut v, e, a, ks, &r.port, dir);
+                if let (Dir::In, Some(p)) = (dir, ends[k]) {
+                    let src = e.from.as_ref().map_or("?".into(), |f| f.to_string());
+                    into.entry((ai, p.name)).or_default().push(src);
                 }
             }
         }
-        let [pf, pt] = ends[..] else { continue };
+        let ([Some(pf), Some(pt)], Some(from), Some(to)) = (ends, &e.from, &e.to) else {
+            continue;
+        };
         if !pt.ty.accepts(pf.ty) {
             let msg = format!(
                 "port type mismatch: `{from}` produces {} but `{to}` takes {}",
@@ -218,13 +227,7 @@ pub(crate) fn validate(raw: Raw, file: &str, inv: &DeviceInventory) -> Result<Gr
         };
         edges.push((spec, pt));
     }
-    // Input connections: each input has ≤ 1 edge unless multi; required inputs have ≥ 1.
-    let mut into: BTreeMap<(usize, &str), Vec<usize>> = BTreeMap::new();
-    for (k, (e, _)) in edges.iter().enumerate() {
-        into.entry((index[e.to.actor.as_str()], e.to.port.as_str()))
-            .or_default()
-            .push(k);
-    }
+    // Input connections: each input has <= 1 edge unless multi; required inputs have >= 1.
     for (ai, a) in raw.actors.iter().enumerate() {
         let Some(ks) = a.spec() else { continue };
         for p in ks.ports.iter().filter(|p| p.dir == Dir::In) {
@@ -237,10 +240,7 @@ pub(crate) fn validate(raw: Raw, file: &str, inv: &DeviceInventory) -> Result<Gr
                 v.err(a.line, format!("actor `{}`", a.name), msg);
             }
             if got.len() > 1 && !p.multi {
-                let list: Vec<String> = got
-                    .iter()
-                    .map(|&k| format!("from `{}`", edges[k].0.from))
-                    .collect();
+                let list: Vec<String> = got.iter().map(|f| format!("from `{f}`")).collect();
                 let msg = format!(
                     "input `{}` has {} edges ({}) but accepts exactly one",
                     p.name,
@@ -266,7 +266,11 @@ pub(crate) fn validate(raw: Raw, file: &str, inv: &DeviceInventory) -> Result<Gr
         );
         v.err(raw.actors[cyc[0]].line, "cycle without a Weights edge", msg);
     }
-    check_models(&mut v, &raw.actors, &edges, &index, &data);
+    // Model checks reason about the whole graph; on a graph that is already broken they would
+    // only repeat earlier errors in other words.
+    if v.issues.is_empty() {
+        check_models(&mut v, &raw.actors, &edges, &index, &data);
+    }
     if !v.issues.is_empty() {
         v.issues.sort_by_key(|i| i.line.unwrap_or(0));
         return Err(GraphError::Invalid {
