@@ -30,9 +30,10 @@ void set_last_error(std::string msg);
     return fail_value;                                                              \
   }
 
-#define SF_TRY(body) \
-  try {              \
-    body;            \
-    return 0;        \
-  }                  \
+// Variadic so that a braced body with commas is one argument.
+#define SF_TRY(...) \
+  try {             \
+    __VA_ARGS__;    \
+    return 0;       \
+  }                 \
   SF_CATCH_ALL(-1)
