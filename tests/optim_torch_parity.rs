@@ -78,7 +78,10 @@ fn run(beta1: f64, expect: &Expect) {
         weight_decay: 0.01,
     };
     let mut opt = AdamW::new(
-        vec![("w".into(), w.shallow_clone()), ("b".into(), b.shallow_clone())],
+        vec![
+            ("w".into(), w.shallow_clone()),
+            ("b".into(), b.shallow_clone()),
+        ],
         cfg,
     )
     .unwrap();
@@ -109,9 +112,15 @@ fn adamw_matches_torch_beta1_zero() {
     run(
         0.0,
         &Expect {
-            w: [0xbec9f76e, 0xbe17cc44, 0x3dacfee8, 0x3ebd1a54, 0x3f14fa0a, 0xbecad8ab],
-            w_m: [0xbe800000, 0xbfa00000, 0x3f000000, 0xbf000000, 0x3fa00000, 0x3e800000],
-            w_v: [0x3b1b5fae, 0x3b8afc60, 0x3b1b4cd6, 0x3b40304d, 0x3b7d7823, 0x3b1f6996],
+            w: [
+                0xbec9f76e, 0xbe17cc44, 0x3dacfee8, 0x3ebd1a54, 0x3f14fa0a, 0xbecad8ab,
+            ],
+            w_m: [
+                0xbe800000, 0xbfa00000, 0x3f000000, 0xbf000000, 0x3fa00000, 0x3e800000,
+            ],
+            w_v: [
+                0x3b1b5fae, 0x3b8afc60, 0x3b1b4cd6, 0x3b40304d, 0x3b7d7823, 0x3b1f6996,
+            ],
             b: [0x3efe12f1, 0xbe95da87],
             b_m: [0x3f000000, 0xbf000000],
             b_v: [0x3b173872, 0x3b1b78d0],
@@ -124,9 +133,15 @@ fn adamw_matches_torch_beta1_0_9() {
     run(
         0.9,
         &Expect {
-            w: [0xbec729dd, 0xbe2a3ee6, 0x3da3e03b, 0x3ebfb790, 0x3f1648e5, 0xbecc0f11],
-            w_m: [0xbd46fbd3, 0xbcf7175d, 0x3d12a5a6, 0xbe1a949b, 0x3e11e109, 0xbd885879],
-            w_v: [0x3b1b5fae, 0x3b8afc60, 0x3b1b4cd6, 0x3b40304d, 0x3b7d7823, 0x3b1f6996],
+            w: [
+                0xbec729dd, 0xbe2a3ee6, 0x3da3e03b, 0x3ebfb790, 0x3f1648e5, 0xbecc0f11,
+            ],
+            w_m: [
+                0xbd46fbd3, 0xbcf7175d, 0x3d12a5a6, 0xbe1a949b, 0x3e11e109, 0xbd885879,
+            ],
+            w_v: [
+                0x3b1b5fae, 0x3b8afc60, 0x3b1b4cd6, 0x3b40304d, 0x3b7d7823, 0x3b1f6996,
+            ],
             b: [0x3efb7181, 0xbe9a178f],
             b_m: [0x3c9eecbe, 0xbdd0624e],
             b_v: [0x3b173872, 0x3b1b78d0],
@@ -148,8 +163,14 @@ fn clip_matches_torch_when_clipping() {
     let (a, b) = clip_params();
     let n = clip_grad_norm([&a, &b], 10.0).unwrap();
     assert_eq!((n as f32).to_bits(), 0x4192db4f, "norm {n}");
-    assert_eq!(bits(&a.grad()), [0x3efb052f, 0xc031ce57, 0x406b54dc, 0x3e2758ca]);
-    assert_eq!(bits(&b.grad()), [0x40d12efc, 0xbf512efc, 0x401ce33d, 0x40ac938f]);
+    assert_eq!(
+        bits(&a.grad()),
+        [0x3efb052f, 0xc031ce57, 0x406b54dc, 0x3e2758ca]
+    );
+    assert_eq!(
+        bits(&b.grad()),
+        [0x40d12efc, 0xbf512efc, 0x401ce33d, 0x40ac938f]
+    );
     // After clipping the norm is max_norm (up to the 1e-6 guard).
     let after = total_grad_norm([&a, &b]).unwrap();
     assert!((after - 10.0).abs() < 1e-5, "{after}");
@@ -160,8 +181,14 @@ fn clip_leaves_small_gradients_alone() {
     let (a, b) = clip_params();
     let n = clip_grad_norm([&a, &b], 100.0).unwrap();
     assert_eq!((n as f32).to_bits(), 0x4192db4f);
-    assert_eq!(bits(&a.grad()), [0x3f666667, 0xc0a33334, 0x40d80000, 0x3e99999a]);
-    assert_eq!(bits(&b.grad()), [0x41400000, 0xbfc00000, 0x40900000, 0x411e6666]);
+    assert_eq!(
+        bits(&a.grad()),
+        [0x3f666667, 0xc0a33334, 0x40d80000, 0x3e99999a]
+    );
+    assert_eq!(
+        bits(&b.grad()),
+        [0x41400000, 0xbfc00000, 0x40900000, 0x411e6666]
+    );
 }
 
 #[test]
@@ -188,6 +215,9 @@ fn clip_without_grads_is_zero_and_skips_undefined() {
     let n = clip_grad_norm([&a, &b], 1.0).unwrap();
     assert_eq!(n, 5.0);
     let g: Vec<f32> = Vec::try_from(b.grad()).unwrap();
-    assert!((g[0] - 0.6).abs() < 1e-6 && (g[1] - 0.8).abs() < 1e-6, "{g:?}");
+    assert!(
+        (g[0] - 0.6).abs() < 1e-6 && (g[1] - 0.8).abs() < 1e-6,
+        "{g:?}"
+    );
     assert!(!a.grad().defined());
 }

@@ -48,10 +48,16 @@ impl Default for AdamWConfig {
 impl AdamWConfig {
     pub fn validate(&self) -> Result<()> {
         let ok = |b: bool, what: &str| if b { Ok(()) } else { bail!("AdamW: {what}") };
-        ok(self.lr.is_finite() && self.lr >= 0.0, "lr must be finite and >= 0")?;
+        ok(
+            self.lr.is_finite() && self.lr >= 0.0,
+            "lr must be finite and >= 0",
+        )?;
         ok((0.0..1.0).contains(&self.beta1), "beta1 must be in [0, 1)")?;
         ok((0.0..1.0).contains(&self.beta2), "beta2 must be in [0, 1)")?;
-        ok(self.eps.is_finite() && self.eps >= 0.0, "eps must be finite and >= 0")?;
+        ok(
+            self.eps.is_finite() && self.eps >= 0.0,
+            "eps must be finite and >= 0",
+        )?;
         ok(
             self.weight_decay.is_finite() && self.weight_decay >= 0.0,
             "weight_decay must be finite and >= 0",
@@ -157,7 +163,8 @@ impl AdamW {
                         s.param.size()
                     );
                 }
-                update_one(s, &grad, &cfg).with_context(|| format!("AdamW step of `{}`", s.name))?;
+                update_one(s, &grad, &cfg)
+                    .with_context(|| format!("AdamW step of `{}`", s.name))?;
                 updated += 1;
             }
             Ok(updated)
@@ -170,7 +177,10 @@ impl AdamW {
         let mut out = Vec::with_capacity(self.slots.len() * 3);
         for s in &self.slots {
             out.push((format!("{EXP_AVG}{}", s.name), s.exp_avg.shallow_clone()));
-            out.push((format!("{EXP_AVG_SQ}{}", s.name), s.exp_avg_sq.shallow_clone()));
+            out.push((
+                format!("{EXP_AVG_SQ}{}", s.name),
+                s.exp_avg_sq.shallow_clone(),
+            ));
             out.push((
                 format!("{STEP}{}", s.name),
                 Tensor::from(s.step as i64).to_kind(Kind::Int64),

@@ -56,7 +56,9 @@ impl Ema {
 
     fn copy_of(&self, t: &Tensor) -> Result<Tensor> {
         let dev = self.device.unwrap_or(t.device());
-        Ok(t.f_to_kind(Kind::Float)?.f_to_device(dev)?.f_detach_copy()?)
+        Ok(t.f_to_kind(Kind::Float)?
+            .f_to_device(dev)?
+            .f_detach_copy()?)
     }
 
     /// Creates the shadow from `params` if `step >= start_step` and it does not exist yet.

@@ -37,7 +37,9 @@ pub fn trainable_named(vs: &tch::nn::VarStore) -> NamedTensors {
 /// Shallow copies (same storage) of named tensors, e.g. to hand the same parameters to an optimizer
 /// and an EMA.
 pub fn shallow_named(v: &[(String, Tensor)]) -> NamedTensors {
-    v.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect()
+    v.iter()
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .collect()
 }
 
 /// Copy `src` into the tensors of `dst` (matched by name) without recording grad. Every entry is
