@@ -54,6 +54,9 @@ pub struct RngKey {
     pub rank: u32,
     /// Sub-index within one (step, lane, purpose): e.g. block i and denoising step j of a rollout.
     pub sub: u64,
+    /// Sample (row) index within the step's global batch: micro-batch m of size B holds rows
+    /// m·B..(m+1)·B, so k micro-batches draw exactly what one batch of k·B would.
+    pub row: u64,
 }
 
 fn splitmix64(mut z: u64) -> u64 {
@@ -72,6 +75,7 @@ impl RngKey {
             purpose,
             rank: 0,
             sub: 0,
+            row: 0,
         }
     }
     pub fn rank(mut self, rank: u32) -> Self {
@@ -83,7 +87,13 @@ impl RngKey {
         self.sub = sub;
         self
     }
-    /// A 64-bit digest of the key (SplitMix64 chained over its fields).
+    pub fn row(mut self, row: u64) -> Self {
+        self.row = row;
+        self
+    }
+
+    /// A 64-bit digest of the key (SplitMix64 chained over its fields; `row` only when set, so
+    /// row-free keys keep their streams).
     pub fn digest(&self) -> u64 {
         let mut h = splitmix64(self.seed);
         for v in [
@@ -94,6 +104,9 @@ impl RngKey {
             self.sub,
         ] {
             h = splitmix64(h ^ v);
+        }
+        if self.row != 0 {
+            h = splitmix64(h ^ self.row ^ 0x524F_5700_0000_0000);
         }
         h
     }
@@ -134,6 +147,29 @@ pub fn randn(key: &RngKey, shape: &[i64], kind: Kind, device: Device) -> Tensor 
     let v = normal_vec(key, n.max(0) as usize);
     Tensor::from_slice(&v)
         .view(shape)
+        .to_device(device)
+        .to_kind(kind)
+}
+
+/// Standard normal rows: row i of `[n, rest…]` comes from `key.row(first + i)`, so any split of
+/// a batch into micro-batches draws the same numbers as the whole batch.
+pub fn randn_rows(
+    key: &RngKey,
+    first: u64,
+    n: i64,
+    rest: &[i64],
+    kind: Kind,
+    device: Device,
+) -> Tensor {
+    let per: i64 = rest.iter().product();
+    let mut v = Vec::with_capacity((n * per).max(0) as usize);
+    for i in 0..n.max(0) as u64 {
+        v.extend(normal_vec(&key.row(first + i), per.max(0) as usize));
+    }
+    let mut shape = vec![n];
+    shape.extend_from_slice(rest);
+    Tensor::from_slice(&v)
+        .view(shape.as_slice())
         .to_device(device)
         .to_kind(kind)
 }

@@ -29,17 +29,18 @@ impl LatentSource {
 
 impl Actor for LatentSource {
     fn process(&mut self, ctx: &mut Ctx, work: Work, _inputs: Ports) -> Result<Ports> {
-        let key = RngKey::new(ctx.seed, work.step, work.lane, Purpose::Data)
-            .rank(ctx.rank)
-            .sub(work.micro as u64);
+        let key = RngKey::new(ctx.seed, work.step, work.lane, Purpose::Data).rank(ctx.rank);
         let b = ctx.cfg.batch_size as usize;
         let k = self.gmm.num_classes().max(1) as i64;
-        let classes = randint_vec(&key.sub(1 << 32), 0, k, b);
+        let first = work.micro as u64 * b as u64;
+        let classes: Vec<i64> = (0..b as u64)
+            .map(|i| randint_vec(&key.sub(1 << 32).row(first + i), 0, k, 1)[0])
+            .collect();
         let mut x = Vec::with_capacity(b);
         let mut prompts = Vec::with_capacity(b);
         for (i, c) in classes.iter().enumerate() {
             let class = (self.gmm.num_classes() > 0).then_some(*c as usize);
-            x.push(self.gmm.sample(&key.sub(i as u64), 1, class));
+            x.push(self.gmm.sample(&key.row(first + i as u64), 1, class));
             prompts.push(class.map(|c| format!("class {c}")).unwrap_or_default());
         }
         let x = tch::Tensor::cat(&x, 0)

@@ -28,23 +28,34 @@ impl Actor for Noiser {
         let cfg = &ctx.cfg;
         let size = x.size();
         let (b, f) = (size[0], size[1]);
-        let key = |p: Purpose| {
-            RngKey::new(ctx.seed, work.step, work.lane, p)
-                .rank(ctx.rank)
-                .sub(work.micro as u64)
-        };
+        let key = |p: Purpose| RngKey::new(ctx.seed, work.step, work.lane, p).rank(ctx.rank);
         let n = cfg.num_train_timestep as i64;
-        let t = sample_score_timesteps(
-            &key(Purpose::ScoreTimestep),
+        // Per-row draws (rows m·B.. for micro-batch m), as one batch of k·B would draw them.
+        let first = work.micro as u64 * b as u64;
+        let rows: Vec<tch::Tensor> = (0..b as u64)
+            .map(|i| {
+                let k = key(Purpose::ScoreTimestep).row(first + i);
+                sample_score_timesteps(
+                    &k,
+                    1,
+                    f,
+                    cfg.min_score_timestep,
+                    n,
+                    cfg.timestep_shift,
+                    n,
+                    x.device(),
+                )
+            })
+            .collect();
+        let t = tch::Tensor::cat(&rows, 0);
+        let eps = rng::randn_rows(
+            &key(Purpose::ScoreNoise),
+            first,
             b,
-            f,
-            cfg.min_score_timestep,
-            n,
-            cfg.timestep_shift,
-            n,
+            &size[1..],
+            x.kind(),
             x.device(),
         );
-        let eps = rng::randn(&key(Purpose::ScoreNoise), &size, x.kind(), x.device());
         let keep_graph = work.lane == Lane::Generator && cfg.distribution_loss == "sid";
         let x_src = if keep_graph {
             x.shallow_clone()

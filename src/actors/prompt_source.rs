@@ -85,17 +85,22 @@ impl PromptSource {
 
 impl Actor for PromptSource {
     fn process(&mut self, ctx: &mut Ctx, work: Work, _inputs: Ports) -> Result<Ports> {
-        let key = RngKey::new(ctx.seed, work.step, work.lane, Purpose::Data)
-            .rank(ctx.rank)
-            .sub(work.micro as u64);
+        let key = RngKey::new(ctx.seed, work.step, work.lane, Purpose::Data).rank(ctx.rank);
         let b = self.batch;
+        // One draw per global row: micro-batches see what one big batch would.
+        let first = work.micro as u64 * b as u64;
+        let pick = |n: i64| -> Vec<i64> {
+            (0..b as u64)
+                .map(|i| randint_vec(&key.row(first + i), 0, n, 1)[0])
+                .collect()
+        };
         let (cond, uncond) = match &self.src {
             Source::Toy {
                 enc,
                 prompts,
                 negative,
             } => {
-                let idx = randint_vec(&key, 0, prompts.len() as i64, b as usize);
+                let idx = pick(prompts.len() as i64);
                 let chosen: Vec<String> =
                     idx.iter().map(|&i| prompts[i as usize].clone()).collect();
                 let neg = vec![negative.clone(); b as usize];
@@ -106,7 +111,7 @@ impl Actor for PromptSource {
             }
             Source::File { cond, uncond } => {
                 let n = cond.size()[0];
-                let idx = randint_vec(&key, 0, n, b as usize);
+                let idx = pick(n);
                 let ix = Tensor::from_slice(&idx);
                 (
                     cond.index_select(0, &ix).to_device(ctx.device),

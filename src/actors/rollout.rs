@@ -93,14 +93,14 @@ impl Rollout {
         let kind = wan.kind();
         let [_, f, c, h, w] = zoo::latent_shape(cfg);
         let b = cond.size()[0];
-        let key = |p: Purpose| {
-            RngKey::new(ctx.seed, work.step, work.lane, p)
-                .rank(ctx.rank)
-                .sub(work.micro as u64)
-        };
-        let noise = rng::randn(
+        let key = |p: Purpose| RngKey::new(ctx.seed, work.step, work.lane, p).rank(ctx.rank);
+        // Per-row draws: rows of micro-batch m are m·B.., as in one batch of k·B.
+        let first = work.micro as u64 * b as u64;
+        let noise = rng::randn_rows(
             &key(Purpose::RolloutNoise),
-            &[b, f, c, h, w],
+            first,
+            b,
+            &[f, c, h, w],
             kind,
             ctx.device,
         );
@@ -109,8 +109,8 @@ impl Rollout {
         let exit = if cfg.last_step_only {
             n - 1
         } else {
-            let k = RngKey::new(ctx.seed, work.step, work.lane, Purpose::ExitStep)
-                .sub(work.micro as u64);
+            // Shared by all blocks and all micro-batches of the step (one rollout in the reference).
+            let k = RngKey::new(ctx.seed, work.step, work.lane, Purpose::ExitStep);
             randint_vec(&k, 0, n as i64, 1)[0] as usize
         };
         let nfpb = cfg.num_frame_per_block;
@@ -137,9 +137,11 @@ impl Rollout {
                 let _g = tch::no_grad_guard();
                 let t_next = Tensor::full([b, nfpb], self.steps[j + 1], (Kind::Float, ctx.device));
                 let sub = (blk as u64) << 8 | j as u64;
-                let eps = rng::randn(
-                    &key(Purpose::RolloutRenoise).sub(((work.micro as u64) << 32) | sub),
-                    &x.size(),
+                let eps = rng::randn_rows(
+                    &key(Purpose::RolloutRenoise).sub(sub),
+                    first,
+                    b,
+                    &[nfpb, c, h, w],
                     kind,
                     ctx.device,
                 );
@@ -150,9 +152,11 @@ impl Rollout {
             {
                 let _g = tch::no_grad_guard();
                 let tc = Tensor::full([b, nfpb], cfg.context_noise, (Kind::Float, ctx.device));
-                let eps = rng::randn(
-                    &key(Purpose::ContextNoise).sub(((work.micro as u64) << 32) | blk as u64),
-                    &x0.size(),
+                let eps = rng::randn_rows(
+                    &key(Purpose::ContextNoise).sub(blk as u64),
+                    first,
+                    b,
+                    &[nfpb, c, h, w],
                     kind,
                     ctx.device,
                 );

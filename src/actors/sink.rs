@@ -10,6 +10,7 @@ pub struct Sink {
     every: u64,
     fail_at: Option<u64>,
     panic_at: Option<u64>,
+    dir: String,
 }
 
 impl Sink {
@@ -27,6 +28,7 @@ impl Sink {
             every: int("every").unwrap_or(1).max(1),
             fail_at: int("fail_at_step"),
             panic_at: int("panic_at_step"),
+            dir: ctx.param_str("dir").unwrap_or_else(|| "samples".into()),
         })
     }
 }
@@ -40,7 +42,7 @@ impl Actor for Sink {
             panic!("injected panic (panic_at_step = {})", work.step);
         }
         if self.format == "safetensors" && work.step % self.every == 0 && work.micro == 0 {
-            let dir = ctx.logdir.join("samples");
+            let dir = ctx.logdir.join(self.dir.as_str());
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             for (port, p) in &inputs {
                 if let Ok(x) = p.get("x") {

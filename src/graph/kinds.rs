@@ -484,14 +484,24 @@ pub const KINDS: &[KindSpec] = &[
         params: &[
             opt(
                 "format",
-                P::Enum(&["none", "png", "gif", "npy"]),
-                "default none",
+                P::Enum(&["none", "safetensors"]),
+                "default none; safetensors writes the `x` latents",
             ),
             opt("every", P::IntOrKey, "write every N steps (default 1)"),
             opt(
                 "dir",
                 P::Str,
                 "output folder under the logdir (default samples)",
+            ),
+            opt(
+                "fail_at_step",
+                P::Int(0),
+                "fault injection: return an error at this step (supervisor tests)",
+            ),
+            opt(
+                "panic_at_step",
+                P::Int(0),
+                "fault injection: panic at this step (supervisor tests)",
             ),
         ],
     },

@@ -425,33 +425,30 @@ pub fn run_threaded(setup: Setup, sup: Supervisor) -> anyhow::Result<Supervisor>
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     actor_thread(&setup, &w2, i, &mut ctx, io, resume, first)
                 }));
-                if let Some(h) = &ctx.weights_out {
-                    h.close();
-                }
                 let err = match r {
                     Ok(Ok(())) => None,
                     Ok(Err((work, e))) => Some((work, format!("{e:#}"))),
                     Err(p) => Some((None, panic_message(p))),
                 };
+                // Order matters: report the error, then cancel, then close our hub, so every
+                // failure this one causes downstream happens after cancellation and is
+                // recognised as a casualty rather than reported as the cause.
                 match err {
-                    // A cancelled actor is a casualty, not the cause: report only real errors.
-                    Some((_, msg))
-                        if ctx.cancel.is_cancelled() && msg.contains("cancelled because") =>
-                    {
-                        let _ = ev.send(Event::Finished { actor: name });
-                    }
+                    Some(_) if ctx.cancel.is_cancelled() => {}
                     Some((work, msg)) => {
                         let _ = ev.send(Event::Error {
                             actor: name.clone(),
                             work,
                             msg,
                         });
-                        let _ = ev.send(Event::Finished { actor: name });
+                        ctx.cancel.cancel();
                     }
-                    None => {
-                        let _ = ev.send(Event::Finished { actor: name });
-                    }
+                    None => {}
                 }
+                if let Some(h) = &ctx.weights_out {
+                    h.close();
+                }
+                let _ = ev.send(Event::Finished { actor: name });
             })
             .context("spawning an actor thread")?;
         handles.push(h);
