@@ -115,7 +115,14 @@ impl Optimizer {
                 .into_iter()
                 .map(|(k, v)| (k, v.to_kind(self.snapshot_kind)))
                 .collect();
-            hub.publish(self.version, snap);
+            let event = crate::cuda::CudaStream::current_for(ctx.device)
+                .ok()
+                .and_then(|s| {
+                    let mut e = crate::cuda::CudaEvent::new(false).ok()?;
+                    e.record(&s).ok()?;
+                    Some(e)
+                });
+            hub.publish(self.version, snap, event);
         }
     }
 
@@ -222,6 +229,11 @@ impl Actor for Optimizer {
         }
         self.version += 1;
         report.push((format!("{pre}_version"), self.version as f64));
+        if let tch::Device::Cuda(i) = ctx.device {
+            if let Ok(m) = crate::cuda::memory_stats(i) {
+                report.push(("peak_mem_gib".into(), m.peak as f64 / (1u64 << 30) as f64));
+            }
+        }
         ctx.report(work.step, report);
         self.publish(ctx);
         Ok(Ports::new())

@@ -528,6 +528,10 @@ fn actor_thread(
         // keeps CPU results bit-identical between schedules.
         tch::set_num_threads(1);
     }
+    // Each actor thread computes on its own pool stream (the host stream on CPU); the guard keeps
+    // it current for this thread only (current streams are thread-local).
+    let stream = crate::cuda::CudaStream::for_device(ctx.device, false).map_err(e0)?;
+    let _guard = crate::cuda::StreamGuard::new(&stream).map_err(e0)?;
     let node = &w.nodes[i];
     let mut actor =
         build(node, ctx).map_err(|e| e0(e.context(format!("building actor `{}`", node.name))))?;
@@ -598,6 +602,16 @@ fn actor_thread(
                                 "port `{port}` delivered {got} while expecting {work}"
                             )));
                         }
+                        // Wait for the producer's stream, and tell the caching allocator these
+                        // tensors are now used on ours too.
+                        if let Some(ev) = &p.event {
+                            ev.block(&stream).map_err(we)?;
+                        }
+                        if !stream.is_host() {
+                            for t in p.tensors.values() {
+                                crate::cuda::record_stream(t, &stream).map_err(we)?;
+                            }
+                        }
                         inputs.insert(port.clone(), p);
                     }
                     Err(Interrupted::Closed) if work.step >= ctx.credits.stop() => {
@@ -626,12 +640,17 @@ fn actor_thread(
                 });
             }
             let cancel = ctx.cancel.clone();
-            route(w, i, work, out, |k, m| {
+            route(w, i, work, out, |k, (wk, mut p)| {
                 let tx = io
                     .outputs
                     .get(&k)
                     .ok_or_else(|| anyhow!("no sender for edge {k}"))?;
-                send(tx, m, &cancel).map_err(|e| anyhow!("{e}"))
+                if !stream.is_host() {
+                    let mut ev = crate::cuda::CudaEvent::new(false)?;
+                    ev.record(&stream)?;
+                    p.event = Some(ev);
+                }
+                send(tx, (wk, p), &cancel).map_err(|e| anyhow!("{e}"))
             })
             .map_err(we)?;
             if let Some(tx) = &ctx.events {

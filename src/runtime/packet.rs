@@ -29,7 +29,7 @@ impl std::fmt::Display for Work {
 }
 
 /// A bundle of named tensors travelling on one edge.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Packet {
     pub tensors: BTreeMap<String, Tensor>,
     /// Parameters (name, handle) that gradients of this packet's graph should be taken against.
@@ -40,6 +40,19 @@ pub struct Packet {
     pub versions: BTreeMap<String, u64>,
     /// Scalars for metrics (exit step, losses, norms…).
     pub scalars: BTreeMap<String, f64>,
+    /// Recorded by the producer on its stream after computing the tensors; the consumer's
+    /// stream waits on it (a no-op host event on CPU).
+    pub event: Option<crate::cuda::CudaEvent>,
+}
+
+impl std::fmt::Debug for Packet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Packet")
+            .field("tensors", &self.tensors.keys().collect::<Vec<_>>())
+            .field("versions", &self.versions)
+            .field("scalars", &self.scalars)
+            .finish()
+    }
 }
 
 impl Packet {
@@ -81,6 +94,7 @@ impl Packet {
                 .collect(),
             versions: self.versions.clone(),
             scalars: self.scalars.clone(),
+            event: None,
         }
     }
 

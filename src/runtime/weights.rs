@@ -10,8 +10,10 @@ use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 use tch::Tensor;
 
+type Snapshot = (Vec<(String, Tensor)>, Option<crate::cuda::CudaEvent>);
+
 struct Inner {
-    snapshots: BTreeMap<u64, Vec<(String, Tensor)>>,
+    snapshots: BTreeMap<u64, Snapshot>,
     /// Versions that every-version subscribers (EMA, …) have consumed, by subscriber id.
     consumed: Vec<Option<u64>>,
     keep: usize,
@@ -52,10 +54,16 @@ impl WeightsHub {
         g.consumed.len() - 1
     }
 
-    /// Publish `version` (tensors already deep-copied by the caller).
-    pub fn publish(&self, version: u64, tensors: Vec<(String, Tensor)>) {
+    /// Publish `version` (tensors already deep-copied by the caller; `event` recorded on the
+    /// publisher's stream after the copy, so readers on other streams wait for it).
+    pub fn publish(
+        &self,
+        version: u64,
+        tensors: Vec<(String, Tensor)>,
+        event: Option<crate::cuda::CudaEvent>,
+    ) {
         let mut g = self.lock();
-        g.snapshots.insert(version, tensors);
+        g.snapshots.insert(version, (tensors, event));
         // Prune: keep the newest `keep`, and anything an every-version subscriber has not seen.
         let min_needed = g
             .consumed
@@ -99,7 +107,13 @@ impl WeightsHub {
             if cancel.is_cancelled() {
                 return Err(Interrupted::Cancelled);
             }
-            if let Some((&v, t)) = g.snapshots.range(lo..=hi).next_back() {
+            if let Some((&v, (t, ev))) = g.snapshots.range(lo..=hi).next_back() {
+                if let (Some(ev), Some((_, t0))) = (ev, t.first()) {
+                    // Make the reader's current stream wait for the publisher's copy.
+                    if let Ok(s) = crate::cuda::CudaStream::current_for(t0.device()) {
+                        let _ = ev.block(&s);
+                    }
+                }
                 return Ok(f(v, t));
             }
             if g.closed || g.snapshots.keys().next().is_some_and(|&first| first > hi) {
