@@ -276,7 +276,8 @@ fn check_keys(
                     .keys()
                     .map(|c| (edit_distance(&k, c), c))
                     .min()
-                    .filter(|(d, _)| *d <= 3)
+                    // A hint must share something with the key: `a` is not a typo of `lr`.
+                    .filter(|(d, _)| *d <= 3 && *d < k.chars().count())
                     .map(|(_, c)| {
                         format!(
                             " (did you mean `{}`?)",
@@ -426,8 +427,11 @@ impl RunConfig {
         if self.batch_size <= 0 {
             return bad("batch_size", "must be >= 1".into());
         }
-        if self.timestep_shift <= 0.0 || self.score_timestep_shift <= 0.0 {
-            return bad("timestep_shift", "shifts must be > 0".into());
+        if self.timestep_shift <= 0.0 {
+            return bad("timestep_shift", "must be > 0".into());
+        }
+        if self.score_timestep_shift <= 0.0 {
+            return bad("score_timestep_shift", "must be > 0".into());
         }
         if !(0.0..=1.0).contains(&self.ema_weight) {
             return bad("ema_weight", "must be in [0, 1]".into());
@@ -438,8 +442,11 @@ impl RunConfig {
                 format!("`{}`: expected serial, exact or async", self.schedule),
             );
         }
-        if self.lr < 0.0 || self.lr_critic < 0.0 {
-            return bad("lr", "learning rates must be >= 0".into());
+        if self.lr < 0.0 {
+            return bad("lr", "must be >= 0".into());
+        }
+        if self.lr_critic < 0.0 {
+            return bad("lr_critic", "must be >= 0".into());
         }
         Ok(())
     }
