@@ -121,7 +121,7 @@ impl Actor for Evaluator {
         };
         crate::runtime::weights::copy_named(&inner.vars, tensors)?;
         inner.last = Some((version, false));
-        if version % self.every == 0 {
+        if version.is_multiple_of(self.every) {
             inner.evaluate(ctx, version)?;
         }
         Ok(())

@@ -41,7 +41,7 @@ impl Actor for Sink {
         if self.panic_at == Some(work.step) {
             panic!("injected panic (panic_at_step = {})", work.step);
         }
-        if self.format == "safetensors" && work.step % self.every == 0 && work.micro == 0 {
+        if self.format == "safetensors" && work.step.is_multiple_of(self.every) && work.micro == 0 {
             let dir = ctx.logdir.join(self.dir.as_str());
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             for (port, p) in &inputs {

@@ -1,5 +1,13 @@
 //! `run-pipeline`: the command-line front end. Parse, load the layered config, hand over.
 use clap::{Args, Parser, Subcommand};
+
+/// Print a line to stdout; a closed pipe (`run-pipeline graph | head -1`) is not an error.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
 use std::process::ExitCode;
 use stillflow::config::{self, LoadOptions};
 use stillflow::graph::DeviceInventory;
@@ -69,7 +77,8 @@ enum Cmd {
 
 impl Common {
     fn load(&self) -> Result<config::Loaded, String> {
-        let mut sets = vec![];
+        // The user's --set first; the dedicated flags win over them (they are more specific).
+        let mut sets: Vec<String> = self.sets.clone();
         if let Some(l) = &self.logdir {
             sets.push(format!("logdir={}", yaml_quote(l)));
         }
@@ -79,7 +88,6 @@ impl Common {
         if let Some(d) = &self.device {
             sets.push(format!("device={}", yaml_quote(d)));
         }
-        sets.extend(self.sets.iter().cloned());
         let opts = LoadOptions {
             configs: self.configs.clone(),
             sets,
@@ -114,14 +122,20 @@ fn load_graph(file: &str) -> Result<stillflow::graph::Graph, String> {
 
 /// `check FILE`: a pipeline file (has `actors:`) or a config file; validation only.
 fn check(common: &Common, file: &str) -> Result<(), String> {
-    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) if stillflow::graph::embedded(file).is_none() && stillflow::config::EMBEDDED.iter().all(|(n, _)| *n != file) => {
+            return Err(format!("{file}: cannot read: {e}"));
+        }
+        Err(_) => String::new(),
+    };
     let is_pipeline = stillflow::graph::embedded(file).is_some()
         || text
             .lines()
             .any(|l| l.starts_with("actors:") || l.starts_with("edges:"));
     if is_pipeline {
         let g = load_graph(file)?;
-        println!(
+        say!(
             "{file}: ok (pipeline `{}`: {} actors, {} edges)",
             g.name,
             g.actors.len(),
@@ -134,7 +148,7 @@ fn check(common: &Common, file: &str) -> Result<(), String> {
         };
         let loaded = opts.load()?;
         let g = load_graph(&loaded.config.pipeline)?;
-        println!("{file}: ok (config; pipeline `{}` validates)", g.name);
+        say!("{file}: ok (config; pipeline `{}` validates)", g.name);
     }
     Ok(())
 }
@@ -148,7 +162,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Cmd::Config => {
             let loaded = cli.common.load()?;
             eprintln!("layers: built-in defaults, {}", loaded.layers.join(", "));
-            println!("{}", loaded.config.to_json_pretty());
+            say!("{}", loaded.config.to_json_pretty());
             Ok(())
         }
         Cmd::Check { file } => check(&cli.common, &file),
@@ -158,7 +172,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 None => cli.common.load()?.config.pipeline,
             };
             let g = load_graph(&file)?;
-            println!(
+            say!(
                 "{}",
                 if format == "dot" {
                     g.to_dot()
@@ -178,7 +192,7 @@ fn run(cli: Cli) -> Result<(), String> {
             let cfg = loaded.config.clone();
             let report =
                 stillflow::runtime::train(loaded.config, &opts).map_err(|e| format!("{e:#}"))?;
-            print!("{}", stillflow::runtime::summary::render(&cfg, &report));
+            say!("{}", stillflow::runtime::summary::render(&cfg, &report).trim_end());
             Ok(())
         }
     }

@@ -138,6 +138,8 @@ fn state_or_empty(actor: &mut dyn Actor) -> anyhow::Result<ActorState> {
 // serial
 
 /// Run the graph on the calling thread in the reference's order.
+// Actors, contexts and queues are parallel vectors indexed by actor position.
+#[allow(clippy::needless_range_loop)]
 pub fn run_serial(
     setup: &mut Setup,
     sup: &mut Supervisor,

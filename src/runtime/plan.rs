@@ -33,7 +33,7 @@ impl Plan {
     /// Does lane `lane` run at step `s`?
     pub fn lane_runs(&self, lane: Lane, s: u64) -> bool {
         match lane {
-            Lane::Generator => s % self.ratio == 0,
+            Lane::Generator => s.is_multiple_of(self.ratio),
             Lane::Critic => true,
             Lane::Other => s == self.start_step,
         }

@@ -19,6 +19,9 @@ use std::time::Instant;
 pub type CheckpointFn =
     Box<dyn FnMut(u64, BTreeMap<String, ActorState>) -> anyhow::Result<std::path::PathBuf>>;
 
+/// Called with each step's metrics line (progress bar).
+pub type StepCallback = Box<dyn FnMut(&serde_json::Value)>;
+
 /// A busy span of one actor (for profiles and traces).
 #[derive(Clone, Debug)]
 pub struct Span {
@@ -53,7 +56,7 @@ pub struct Supervisor {
     pub all_actors: BTreeSet<String>,
     /// Last metrics line per step (for summaries and tests).
     pub history: Vec<serde_json::Value>,
-    pub on_step: Option<Box<dyn FnMut(&serde_json::Value)>>,
+    pub on_step: Option<StepCallback>,
     pub stop_requested: bool,
 }
 
