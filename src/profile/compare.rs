@@ -73,16 +73,16 @@ impl Comparison {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "| schedule | steps | wall s | steps/s (wall) | steps/s (steady) | s/iter (steady) | speed-up vs serial | overlap | max concurrency | last generator loss | last critic loss |"
+            "| schedule | steps | wall s | steps/s (wall) | steps/s (steady) | s/iter (steady) | speed-up vs serial | overlap | overlap (steady) | max concurrency | last generator loss | last critic loss |"
         );
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
         let f = |v: Option<f64>| v.map(|x| format!("{x:.6}")).unwrap_or_else(|| "-".into());
         for (i, r) in self.runs.iter().enumerate() {
             let p = &r.summary;
             let rate = r.rate();
             let _ = writeln!(
                 s,
-                "| {} | {} | {:.2} | {:.3} | {} | {} | {} | {:.3} | {} | {} | {} |",
+                "| {} | {} | {:.2} | {:.3} | {} | {} | {} | {:.3} | {} | {} | {} | {} |",
                 p.schedule,
                 p.steps,
                 p.wall_s,
@@ -101,6 +101,9 @@ impl Comparison {
                     .map(|x| format!("{x:.2}×"))
                     .unwrap_or_else(|| "-".into()),
                 p.overlap,
+                p.steady_overlap
+                    .map(|o| format!("{o:.3}"))
+                    .unwrap_or_else(|| "-".into()),
                 p.concurrency.max_concurrency,
                 f(r.last_generator_loss),
                 f(r.last_critic_loss),

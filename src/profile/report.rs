@@ -82,6 +82,11 @@ pub struct ProfileSummary {
     pub overlap: f64,
     /// Seconds with ≥ 1 actor busy / wall time.
     pub utilisation: f64,
+    /// Overlap within the steady window (first to last step completion), which leaves out model
+    /// building and the first step's warm-up. None with fewer than two steps.
+    pub steady_overlap: Option<f64>,
+    /// Length of that window in seconds (0 when there is none).
+    pub steady_window_s: f64,
     pub step_times: StepTimes,
     /// Spans of the generator optimizer (`opt_g`) and the critic optimizer (`opt_c`).
     pub opt_g: Option<Stat>,
@@ -148,6 +153,10 @@ impl ProfileSummary {
                 / wall
         });
         let peak_flops = extras.peak_flops.unwrap_or(stats::H100_BF16_PEAK_FLOPS);
+        let steady = stats::steady_window(&report.history).map(|(lo, hi)| {
+            let c = stats::concurrency_in(spans.iter().map(|s| (s.start_s, s.secs)), lo, hi);
+            (c.overlap_s / (hi - lo), hi - lo)
+        });
         let rate = if step_times.steady_steps_per_s > 0.0 {
             step_times.steady_steps_per_s
         } else {
@@ -164,6 +173,8 @@ impl ProfileSummary {
             actors,
             overlap: conc.overlap_s / wall,
             utilisation: conc.busy_s / wall,
+            steady_overlap: steady.map(|s| s.0),
+            steady_window_s: steady.map(|s| s.1).unwrap_or(0.0),
             concurrency: conc,
             step_times,
             opt_g: per.get("opt_g").copied(),
@@ -216,6 +227,12 @@ impl ProfileSummary {
         row(
             "overlap (≥ 2 actors busy / wall)",
             format!("{:.3}", self.overlap),
+        );
+        row(
+            "overlap in the steady window",
+            self.steady_overlap
+                .map(|o| format!("{o:.3}"))
+                .unwrap_or_else(|| "-".into()),
         );
         row(
             "max concurrency",

@@ -65,6 +65,31 @@ pub fn concurrency(intervals: impl IntoIterator<Item = (f64, f64)>) -> Concurren
     c
 }
 
+/// [`concurrency`] of the intervals clipped to the window `[lo, hi)`.
+pub fn concurrency_in(
+    intervals: impl IntoIterator<Item = (f64, f64)>,
+    lo: f64,
+    hi: f64,
+) -> Concurrency {
+    concurrency(intervals.into_iter().filter_map(|(s, len)| {
+        let (a, b) = (s.max(lo), (s + len).min(hi));
+        (b > a).then_some((a, b - a))
+    }))
+}
+
+/// The steady-state window: from the first to the last step completion (`time_s` of the first
+/// and last metrics lines). None with fewer than two lines.
+pub fn steady_window(history: &[serde_json::Value]) -> Option<(f64, f64)> {
+    let t: Vec<f64> = history
+        .iter()
+        .filter_map(|l| l.get("time_s")?.as_f64())
+        .collect();
+    match (t.first(), t.last()) {
+        (Some(&a), Some(&b)) if t.len() > 1 && b > a => Some((a, b)),
+        _ => None,
+    }
+}
+
 /// Concurrency of the actors' busy spans.
 pub fn span_concurrency(spans: &[Span]) -> Concurrency {
     concurrency(spans.iter().map(|s| (s.start_s, s.secs)))
@@ -238,6 +263,10 @@ mod tests {
         assert_eq!(c.max_concurrency, 3);
         assert_eq!(c.time_at, vec![0.0, 2.0, 2.0, 1.0]);
         assert_eq!(c.idle_s(6.0), 1.0);
+        // Clipped to [2.5, 4.5): [2.5,3) has 3 open, [3,4) 2, [4,4.5) 1.
+        let w = concurrency_in([(0.0, 4.0), (1.0, 2.0), (2.0, 3.0)], 2.5, 4.5);
+        assert_eq!(w.time_at, vec![0.0, 0.5, 1.0, 0.5]);
+        assert_eq!(w.overlap_s, 1.5);
     }
 
     #[test]
