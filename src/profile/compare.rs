@@ -1,0 +1,163 @@
+//! `run-pipeline profile`: the same config trained under the three schedules (serial, exact,
+//! async with staleness 1), one profile each, and a comparison table.
+
+use super::report::{
+    cuda_peak_memory, reset_peak_memory, write_run_profile, ProfileExtras, ProfileSummary,
+};
+use crate::config::RunConfig;
+use crate::runtime::{train, RunOptions, RunReport};
+use anyhow::{Context, Result};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+/// The schedules compared, in order; the first is the baseline of the speed-up.
+pub const SCHEDULES: [&str; 3] = ["serial", "exact", "async"];
+
+/// One profiled run of the comparison.
+#[derive(Clone, Debug)]
+pub struct ScheduleRun {
+    /// `serial`, `exact` or `async`.
+    pub name: String,
+    pub logdir: PathBuf,
+    pub summary: ProfileSummary,
+    /// Last logged losses (serial and exact must agree: same numbers, different overlap).
+    pub last_generator_loss: Option<f64>,
+    pub last_critic_loss: Option<f64>,
+}
+
+/// The three runs and their comparison.
+#[derive(Clone, Debug, Default)]
+pub struct Comparison {
+    pub runs: Vec<ScheduleRun>,
+}
+
+fn last(r: &RunReport, key: &str) -> Option<f64> {
+    r.history
+        .iter()
+        .rev()
+        .find_map(|l| l.get(key).and_then(|v| v.as_f64()))
+}
+
+impl ScheduleRun {
+    pub fn from_report(name: &str, report: &RunReport, summary: ProfileSummary) -> Self {
+        ScheduleRun {
+            name: name.to_string(),
+            logdir: report.logdir.clone(),
+            last_generator_loss: last(report, "generator_loss"),
+            last_critic_loss: last(report, "critic_loss"),
+            summary,
+        }
+    }
+
+    /// The rate compared: steady-state steps/s when measured, else steps over the wall time.
+    pub fn rate(&self) -> f64 {
+        let s = &self.summary;
+        if s.steady_steps_per_s > 0.0 {
+            s.steady_steps_per_s
+        } else {
+            s.steps_per_s
+        }
+    }
+}
+
+impl Comparison {
+    /// Speed-up of run `i` over the first run (serial), by [`ScheduleRun::rate`].
+    pub fn speedup(&self, i: usize) -> Option<f64> {
+        let base = self.runs.first()?.rate();
+        let r = self.runs.get(i)?.rate();
+        (base > 0.0).then(|| r / base)
+    }
+
+    /// One row per schedule.
+    pub fn markdown_table(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "| schedule | steps | wall s | steps/s (wall) | steps/s (steady) | s/iter (steady) | speed-up vs serial | overlap | overlap (steady) | max concurrency | last generator loss | last critic loss |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let f = |v: Option<f64>| v.map(|x| format!("{x:.6}")).unwrap_or_else(|| "-".into());
+        for (i, r) in self.runs.iter().enumerate() {
+            let p = &r.summary;
+            let rate = r.rate();
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.2} | {:.3} | {} | {} | {} | {:.3} | {} | {} | {} | {} |",
+                p.schedule,
+                p.steps,
+                p.wall_s,
+                p.steps_per_s,
+                if p.steady_steps_per_s > 0.0 {
+                    format!("{:.3}", p.steady_steps_per_s)
+                } else {
+                    "-".into()
+                },
+                if rate > 0.0 {
+                    format!("{:.4}", 1.0 / rate)
+                } else {
+                    "-".into()
+                },
+                self.speedup(i)
+                    .map(|x| format!("{x:.2}×"))
+                    .unwrap_or_else(|| "-".into()),
+                p.overlap,
+                p.steady_overlap
+                    .map(|o| format!("{o:.3}"))
+                    .unwrap_or_else(|| "-".into()),
+                p.concurrency.max_concurrency,
+                f(r.last_generator_loss),
+                f(r.last_critic_loss),
+            );
+        }
+        s
+    }
+}
+
+/// The config of one schedule's run: `schedule` overridden, staleness 1 for async, and the logdir
+/// `<logdir>/<schedule>`.
+pub fn schedule_config(cfg: &RunConfig, schedule: &str) -> RunConfig {
+    let mut c = cfg.clone();
+    c.schedule = schedule.to_string();
+    if schedule == "async" {
+        c.max_staleness = 1;
+    }
+    c.logdir = PathBuf::from(&cfg.logdir)
+        .join(schedule)
+        .to_string_lossy()
+        .into_owned();
+    c
+}
+
+/// Train `cfg` under serial, exact and async (staleness 1), write each run's profile into
+/// `<logdir>/<schedule>/profile/`, and the comparison into `<logdir>/profile_comparison.md`.
+pub fn run_profile(cfg: &RunConfig, opts: &RunOptions) -> Result<Comparison> {
+    run_profile_with(cfg, opts, &ProfileExtras::default())
+}
+
+/// [`run_profile`] with extras applied to every run (model FLOPs per step, peak FLOP/s). The
+/// batch size and the CUDA peak memory are filled in per run.
+pub fn run_profile_with(
+    cfg: &RunConfig,
+    opts: &RunOptions,
+    extras: &ProfileExtras,
+) -> Result<Comparison> {
+    let mut cmp = Comparison::default();
+    for name in SCHEDULES {
+        let c = schedule_config(cfg, name);
+        reset_peak_memory();
+        let report = train(c, opts).with_context(|| format!("profile: the `{name}` run"))?;
+        let mut ex = extras.clone();
+        ex.batch_size = (cfg.batch_size.max(1) as u64) * cfg.gradient_accumulation_steps.max(1);
+        if ex.peak_memory.is_empty() {
+            ex.peak_memory = cuda_peak_memory();
+        }
+        let summary = write_run_profile(&report, &ex)?;
+        cmp.runs
+            .push(ScheduleRun::from_report(name, &report, summary));
+    }
+    let path = PathBuf::from(&cfg.logdir).join("profile_comparison.md");
+    let mut text = String::from("# Schedules compared\n\n");
+    text.push_str(&cmp.markdown_table());
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(cmp)
+}
