@@ -55,6 +55,9 @@ struct Common {
     /// Device: cpu, cuda or cuda:i (the config key `device`).
     #[arg(long, global = true)]
     device: Option<String>,
+    /// Serve live Prometheus metrics at ADDR (e.g. 127.0.0.1:9090) during the run.
+    #[arg(long, global = true, value_name = "ADDR")]
+    prometheus: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -73,6 +76,12 @@ enum Cmd {
     },
     /// Print versions, CUDA devices, and check a bf16 matmul against f32.
     Doctor,
+    /// Throughput run: train under serial, exact and async, write profiles, print the comparison.
+    Profile {
+        /// Model FLOPs of one iteration (for MFU); default: none.
+        #[arg(long)]
+        flops_per_step: Option<f64>,
+    },
 }
 
 impl Common {
@@ -124,7 +133,10 @@ fn load_graph(file: &str) -> Result<stillflow::graph::Graph, String> {
 fn check(common: &Common, file: &str) -> Result<(), String> {
     let text = match std::fs::read_to_string(file) {
         Ok(t) => t,
-        Err(e) if stillflow::graph::embedded(file).is_none() && stillflow::config::EMBEDDED.iter().all(|(n, _)| *n != file) => {
+        Err(e)
+            if stillflow::graph::embedded(file).is_none()
+                && stillflow::config::EMBEDDED.iter().all(|(n, _)| *n != file) =>
+        {
             return Err(format!("{file}: cannot read: {e}"));
         }
         Err(_) => String::new(),
@@ -151,6 +163,19 @@ fn check(common: &Common, file: &str) -> Result<(), String> {
         say!("{file}: ok (config; pipeline `{}` validates)", g.name);
     }
     Ok(())
+}
+
+/// Start the Prometheus endpoint if `--prometheus ADDR` was given.
+fn serve(common: &Common) -> Result<Option<stillflow::profile::PrometheusServer>, String> {
+    match &common.prometheus {
+        None => Ok(None),
+        Some(addr) => {
+            let srv = stillflow::profile::serve_prometheus(addr)
+                .map_err(|e| format!("--prometheus {addr}: {e:#}"))?;
+            eprintln!("live metrics at http://{}/metrics", srv.addr);
+            Ok(Some(srv))
+        }
+    }
 }
 
 fn yaml_quote(s: &str) -> String {
@@ -183,8 +208,27 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Cmd::Doctor => stillflow::profile::doctor::run().map_err(|e| format!("doctor: {e:#}")),
+        Cmd::Profile { flops_per_step } => {
+            let loaded = cli.common.load()?;
+            let _srv = serve(&cli.common)?;
+            let extras = stillflow::profile::ProfileExtras {
+                model_flops_per_step: flops_per_step,
+                batch_size: (loaded.config.batch_size as u64)
+                    * loaded.config.gradient_accumulation_steps,
+                ..Default::default()
+            };
+            let opts = RunOptions {
+                resume: false,
+                quiet: false,
+            };
+            let cmp = stillflow::profile::run_profile_with(&loaded.config, &opts, &extras)
+                .map_err(|e| format!("profile: {e:#}"))?;
+            say!("{}", cmp.markdown_table());
+            Ok(())
+        }
         Cmd::Train => {
             let loaded = cli.common.load()?;
+            let _srv = serve(&cli.common)?;
             let opts = RunOptions {
                 resume: cli.common.resume,
                 quiet: false,
@@ -192,7 +236,21 @@ fn run(cli: Cli) -> Result<(), String> {
             let cfg = loaded.config.clone();
             let report =
                 stillflow::runtime::train(loaded.config, &opts).map_err(|e| format!("{e:#}"))?;
-            say!("{}", stillflow::runtime::summary::render(&cfg, &report).trim_end());
+            let extras = stillflow::profile::ProfileExtras {
+                batch_size: (cfg.batch_size as u64) * cfg.gradient_accumulation_steps,
+                peak_memory: stillflow::profile::cuda_peak_memory(),
+                ..Default::default()
+            };
+            let prof = stillflow::profile::write_run_profile(&report, &extras)
+                .map_err(|e| format!("writing the profile: {e:#}"))?;
+            say!(
+                "{}",
+                stillflow::runtime::summary::render(&cfg, &report).trim_end()
+            );
+            say!(
+                "  profile/summary.md, profile/trace.json (overlap {:.2}), profile/metrics.prom",
+                prof.overlap
+            );
             Ok(())
         }
     }

@@ -111,6 +111,8 @@ pub struct RunConfig {
     pub max_steps: u64,
     pub gradient_accumulation_steps: u64,
     pub keep_checkpoints: usize,
+    /// Write checkpoints at all (benchmarks turn this off: a 1.3B run's state is tens of GB).
+    pub save_checkpoints: bool,
     /// Reproduce the reference's shift-5/shift-8 σ mismatch in the critic loss (spec §4.2).
     pub critic_sigma_quirk: bool,
     /// Shift of the σ table inside the real/fake score wrappers (8 in the reference).
@@ -245,6 +247,7 @@ impl Default for RunConfig {
             max_steps: 0,
             gradient_accumulation_steps: 1,
             keep_checkpoints: 3,
+            save_checkpoints: true,
             critic_sigma_quirk: false,
             score_timestep_shift: 8.0,
             max_nonfinite_steps: 20,

@@ -190,7 +190,7 @@ pub fn train(cfg: RunConfig, opts: &RunOptions) -> Result<RunReport> {
     let cancel = super::cancel::Cancel::new();
     let mut sup = Supervisor::new(plan.clone(), credits, cancel, setup.stateful(), window);
     sup.metrics_file = Some(metrics_file);
-    if wiring.checkpoint_every.is_some() || !setup.stateful().is_empty() {
+    if cfg.save_checkpoints && (wiring.checkpoint_every.is_some() || !setup.stateful().is_empty()) {
         let (cfg2, logdir2) = (cfg.clone(), logdir.clone());
         sup.checkpoint = Some(Box::new(move |step, states| {
             super::ckpt::write(&logdir2, step, states, &cfg2)

@@ -147,6 +147,7 @@ impl Supervisor {
                 start,
                 secs,
             } => {
+                crate::profile::record_busy(&actor, secs);
                 *self.busy.entry(actor.clone()).or_default() += secs;
                 let start_s = start.duration_since(self.t0).as_secs_f64();
                 if self.spans.len() < 200_000 {
@@ -212,6 +213,7 @@ impl Supervisor {
             }
         }
         let v = serde_json::Value::Object(line);
+        crate::profile::record_step(&v);
         if let Some(f) = &mut self.metrics_file {
             let _ = writeln!(f, "{v}");
         }
