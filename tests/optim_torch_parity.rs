@@ -89,7 +89,7 @@ fn run(beta1: f64, expect: &Expect) {
         opt.zero_grad();
         let mut loss = (&w * t(&grads(s, 6, 0), &[3, 2])).sum(Kind::Float);
         if s >= 2 {
-            loss = loss + (&b * t(&grads(s, 2, 3), &[2])).sum(Kind::Float);
+            loss += (&b * t(&grads(s, 2, 3), &[2])).sum(Kind::Float);
         }
         loss.backward();
         let n = opt.step().unwrap();

@@ -12,14 +12,24 @@ pub struct DenoisingLoss {
 impl DenoisingLoss {
     pub fn new(ctx: &Ctx) -> Result<Self> {
         let cfg = &ctx.cfg;
-        let target = ctx.param_str("target").unwrap_or_else(|| cfg.denoising_loss_type.clone());
+        let target = ctx
+            .param_str("target")
+            .unwrap_or_else(|| cfg.denoising_loss_type.clone());
         let ty = match target.as_str() {
             "flow" => DenoisingLossType::Flow,
             "x0" => DenoisingLossType::X0,
-            other => bail!("actor `{}`: unknown target `{other}` (flow or x0)", ctx.name),
+            other => bail!(
+                "actor `{}`: unknown target `{other}` (flow or x0)",
+                ctx.name
+            ),
         };
         Ok(DenoisingLoss {
-            loss: CriticLoss::with_shifts(ty, cfg.critic_sigma_quirk, cfg.timestep_shift, cfg.score_timestep_shift),
+            loss: CriticLoss::with_shifts(
+                ty,
+                cfg.critic_sigma_quirk,
+                cfg.timestep_shift,
+                cfg.score_timestep_shift,
+            ),
         })
     }
 }
@@ -27,7 +37,13 @@ impl DenoisingLoss {
 impl Actor for DenoisingLoss {
     fn process(&mut self, ctx: &mut Ctx, work: Work, inputs: Ports) -> Result<Ports> {
         let s = inputs.get("scored").context("no `scored` input")?;
-        let l = self.loss.loss(s.get("x")?, s.get("eps")?, s.get("x_t")?, s.get("t")?, s.get("x0_pred")?);
+        let l = self.loss.loss(
+            s.get("x")?,
+            s.get("eps")?,
+            s.get("x_t")?,
+            s.get("t")?,
+            s.get("x0_pred")?,
+        );
         let value = l.double_value(&[]);
         let mut p = Packet::new().with("loss", l);
         p.inherit(s);

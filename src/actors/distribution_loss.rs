@@ -24,7 +24,10 @@ impl DistributionLoss {
         let sid = match method.as_str() {
             "dmd" => false,
             "sid" => true,
-            other => bail!("actor `{}`: unknown distribution loss `{other}` (dmd or sid)", ctx.name),
+            other => bail!(
+                "actor `{}`: unknown distribution loss `{other}` (dmd or sid)",
+                ctx.name
+            ),
         };
         if sid != (ctx.cfg.distribution_loss == "sid") {
             // The noiser keeps x_t's graph only for SiD; a mismatch would silently train nothing.
@@ -46,7 +49,11 @@ impl Actor for DistributionLoss {
         let x = real.get("x")?;
         let r = real.get("x0_pred")?;
         let f = fake.get("x0_pred")?;
-        let out = if self.sid { sid_loss(x, r, f, self.alpha) } else { dmd_loss(x, r, f) };
+        let out = if self.sid {
+            sid_loss(x, r, f, self.alpha)
+        } else {
+            dmd_loss(x, r, f)
+        };
         let value = out.loss.double_value(&[]);
         let mut p = Packet::new().with("loss", out.loss);
         p.inherit(real);
@@ -54,7 +61,10 @@ impl Actor for DistributionLoss {
         p.scalars.insert("generator_loss".into(), value);
         ctx.report(
             work.step,
-            vec![("generator_loss".into(), value), ("dmdtrain_gradient_norm".into(), out.dmd_gradient_norm)],
+            vec![
+                ("generator_loss".into(), value),
+                ("dmdtrain_gradient_norm".into(), out.dmd_gradient_norm),
+            ],
         );
         Ok([("loss".to_string(), p)].into())
     }

@@ -22,7 +22,11 @@ impl EmaActor {
         // The reference creates the EMA after step `start_step − 1` ends: the version then is
         // the number of generator updates at steps < start_step.
         let start_version = ctx.plan.version_at("generator", start_step);
-        Ok(EmaActor { ema: Ema::new(w, start_version)?, start_version, last: None })
+        Ok(EmaActor {
+            ema: Ema::new(w, start_version)?,
+            start_version,
+            last: None,
+        })
     }
 }
 
@@ -31,7 +35,12 @@ impl Actor for EmaActor {
         bail!("ema receives weights, not data")
     }
 
-    fn on_version(&mut self, _ctx: &mut Ctx, version: u64, tensors: &[(String, Tensor)]) -> Result<()> {
+    fn on_version(
+        &mut self,
+        _ctx: &mut Ctx,
+        version: u64,
+        tensors: &[(String, Tensor)],
+    ) -> Result<()> {
         self.last = Some(version);
         if !self.ema.is_active() {
             self.ema.maybe_start(version, tensors)?;
@@ -48,7 +57,12 @@ impl Actor for EmaActor {
     }
 
     fn restore(&mut self, _ctx: &mut Ctx, st: ActorState) -> Result<()> {
-        if st.json.get("active").and_then(|v| v.as_bool()).unwrap_or(false) {
+        if st
+            .json
+            .get("active")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false)
+        {
             self.ema.load_state(Some(&st.tensors), &st.tensors)?;
         }
         self.last = st.json.get("last_version").and_then(|v| v.as_u64());

@@ -18,14 +18,20 @@ impl LatentSource {
         let t = &ctx.cfg.toy;
         Ok(LatentSource {
             gmm: zoo::toy_gmm(&ctx.cfg)?,
-            enc: ToyTextEncoder::new(t.num_classes.max(1) as usize, t.text_len as usize, t.text_dim as usize),
+            enc: ToyTextEncoder::new(
+                t.num_classes.max(1) as usize,
+                t.text_len as usize,
+                t.text_dim as usize,
+            ),
         })
     }
 }
 
 impl Actor for LatentSource {
     fn process(&mut self, ctx: &mut Ctx, work: Work, _inputs: Ports) -> Result<Ports> {
-        let key = RngKey::new(ctx.seed, work.step, work.lane, Purpose::Data).rank(ctx.rank).sub(work.micro as u64);
+        let key = RngKey::new(ctx.seed, work.step, work.lane, Purpose::Data)
+            .rank(ctx.rank)
+            .sub(work.micro as u64);
         let b = ctx.cfg.batch_size as usize;
         let k = self.gmm.num_classes().max(1) as i64;
         let classes = randint_vec(&key.sub(1 << 32), 0, k, b);
@@ -36,11 +42,16 @@ impl Actor for LatentSource {
             x.push(self.gmm.sample(&key.sub(i as u64), 1, class));
             prompts.push(class.map(|c| format!("class {c}")).unwrap_or_default());
         }
-        let x = tch::Tensor::cat(&x, 0).to_device(ctx.device).to_kind(zoo::compute_kind(&ctx.cfg, ctx.device));
+        let x = tch::Tensor::cat(&x, 0)
+            .to_device(ctx.device)
+            .to_kind(zoo::compute_kind(&ctx.cfg, ctx.device));
         let mut p = Packet::new();
         p.insert("x", x);
         p.insert("cond", self.enc.encode_on(&prompts, ctx.device));
-        p.insert("uncond", self.enc.encode_on(&vec![String::new(); b], ctx.device));
+        p.insert(
+            "uncond",
+            self.enc.encode_on(&vec![String::new(); b], ctx.device),
+        );
         Ok([("x0".to_string(), p)].into())
     }
 }

@@ -13,23 +13,44 @@ pub struct Noiser {
 
 impl Noiser {
     pub fn new(ctx: &Ctx) -> Result<Self> {
-        Ok(Noiser { table: SigmaTable::new(ctx.cfg.timestep_shift) })
+        Ok(Noiser {
+            table: SigmaTable::new(ctx.cfg.timestep_shift),
+        })
     }
 }
 
 impl Actor for Noiser {
     fn process(&mut self, ctx: &mut Ctx, work: Work, inputs: Ports) -> Result<Ports> {
         let (port, input) = inputs.iter().next().context("noiser: no input")?;
-        let x = input.get("x").with_context(|| format!("noiser input `{port}`"))?;
+        let x = input
+            .get("x")
+            .with_context(|| format!("noiser input `{port}`"))?;
         let cfg = &ctx.cfg;
         let size = x.size();
         let (b, f) = (size[0], size[1]);
-        let key = |p: Purpose| RngKey::new(ctx.seed, work.step, work.lane, p).rank(ctx.rank).sub(work.micro as u64);
+        let key = |p: Purpose| {
+            RngKey::new(ctx.seed, work.step, work.lane, p)
+                .rank(ctx.rank)
+                .sub(work.micro as u64)
+        };
         let n = cfg.num_train_timestep as i64;
-        let t = sample_score_timesteps(&key(Purpose::ScoreTimestep), b, f, cfg.min_score_timestep, n, cfg.timestep_shift, n, x.device());
+        let t = sample_score_timesteps(
+            &key(Purpose::ScoreTimestep),
+            b,
+            f,
+            cfg.min_score_timestep,
+            n,
+            cfg.timestep_shift,
+            n,
+            x.device(),
+        );
         let eps = rng::randn(&key(Purpose::ScoreNoise), &size, x.kind(), x.device());
         let keep_graph = work.lane == Lane::Generator && cfg.distribution_loss == "sid";
-        let x_src = if keep_graph { x.shallow_clone() } else { x.detach() };
+        let x_src = if keep_graph {
+            x.shallow_clone()
+        } else {
+            x.detach()
+        };
         let x_t = add_noise(&self.table, &x_src, &eps, &t);
         let mut p = Packet::new();
         for (k, v) in &input.tensors {

@@ -31,12 +31,20 @@ pub struct Optimizer {
 pub fn f64_param(ctx: &Ctx, key: &str, default_key: &str) -> Result<f64> {
     let cfg = serde_json::to_value(&*ctx.cfg)?;
     let lookup = |k: &str| -> Result<f64> {
-        cfg.get(k).and_then(|v| v.as_f64()).with_context(|| format!("actor `{}`: `{key}` names config key `{k}`, which is not a number", ctx.name))
+        cfg.get(k).and_then(|v| v.as_f64()).with_context(|| {
+            format!(
+                "actor `{}`: `{key}` names config key `{k}`, which is not a number",
+                ctx.name
+            )
+        })
     };
     match ctx.params.get(key) {
         Some(v) if v.is_number() => v.as_f64().context("number"),
         Some(v) if v.is_string() => lookup(v.as_str().unwrap_or_default()),
-        Some(v) => bail!("actor `{}`: `{key}` must be a number or a config key, got {v}", ctx.name),
+        Some(v) => bail!(
+            "actor `{}`: `{key}` must be a number or a config key, got {v}",
+            ctx.name
+        ),
         None => lookup(default_key),
     }
 }
@@ -50,14 +58,24 @@ impl Optimizer {
         let model = zoo::build(&name, &role, cfg, ctx.seed, ctx.device, Kind::Float)?;
         if gen {
             if let Some(ckpt) = &cfg.generator_ckpt {
-                load_initial(&model, ckpt).with_context(|| format!("config key `generator_ckpt`: {ckpt}"))?;
+                load_initial(&model, ckpt)
+                    .with_context(|| format!("config key `generator_ckpt`: {ckpt}"))?;
             }
         }
-        let masters: Vec<(String, Tensor)> = model.vars().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        let masters: Vec<(String, Tensor)> = model
+            .vars()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
         let (lr_k, b1_k, b2_k, clip_k) = if gen {
             ("lr", "beta1", "beta2", "max_grad_norm_generator")
         } else {
-            ("lr_critic", "beta1_critic", "beta2_critic", "max_grad_norm_critic")
+            (
+                "lr_critic",
+                "beta1_critic",
+                "beta2_critic",
+                "max_grad_norm_critic",
+            )
         };
         let acfg = AdamWConfig {
             lr: f64_param(ctx, "lr", lr_k)?,
@@ -66,7 +84,13 @@ impl Optimizer {
             eps: 1e-8,
             weight_decay: f64_param(ctx, "weight_decay", "weight_decay")?,
         };
-        let adam = AdamW::new(masters.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect(), acfg)?;
+        let adam = AdamW::new(
+            masters
+                .iter()
+                .map(|(k, v)| (k.clone(), v.shallow_clone()))
+                .collect(),
+            acfg,
+        )?;
         let model_key = if gen { "generator" } else { role.as_str() };
         let version = ctx.plan.version_at(model_key, ctx.plan.start_step);
         Ok(Optimizer {
@@ -123,22 +147,37 @@ impl Actor for Optimizer {
         let lv = loss.double_value(&[]);
         self.loss_sum += lv;
         if p.grad_targets.is_empty() {
-            bail!("the loss carries no gradient targets: nothing upstream has trainable parameters");
+            bail!(
+                "the loss carries no gradient targets: nothing upstream has trainable parameters"
+            );
         }
-        let names: Vec<&String> = p.grad_targets.iter().map(|(n, _)| n).collect();
-        let targets: Vec<Tensor> = p.grad_targets.iter().map(|(_, t)| t.shallow_clone()).collect();
-        let scaled = if k > 1 { loss / k as f64 } else { loss.shallow_clone() };
-        let grads = Tensor::run_backward(&[scaled], &targets, false, false);
+        let scaled = if k > 1 {
+            loss / k as f64
+        } else {
+            loss.shallow_clone()
+        };
+        // A plain backward: it fills .grad of the producer's parameters (the gradient targets,
+        // shared handles), also through checkpointed blocks, whose recomputation only reaches
+        // parameters this way. Frozen networks on the path have requires_grad = false.
+        scaled.backward();
+        let by_name: BTreeMap<&str, &Tensor> = p
+            .grad_targets
+            .iter()
+            .map(|(n, t)| (n.as_str(), t))
+            .collect();
         // Accumulate into the masters' .grad: d/dm Σ (m·g) = g exactly.
-        let by_name: BTreeMap<&str, Tensor> =
-            names.iter().map(|n| n.as_str()).zip(grads).collect();
         let mut acc: Option<Tensor> = None;
         for (n, m) in &self.masters {
-            let g = by_name.get(n.as_str()).with_context(|| format!("no gradient for `{n}`"))?;
+            let target = by_name
+                .get(n.as_str())
+                .with_context(|| format!("no gradient target for `{n}`"))?;
+            let g = target.grad();
             if !g.defined() {
                 continue;
             }
-            let term = (m * g.detach().to_kind(Kind::Float)).sum(Kind::Float);
+            let g = g.detach().to_kind(Kind::Float).copy();
+            let _ = target.grad().zero_();
+            let term = (m * g).sum(Kind::Float);
             acc = Some(match acc {
                 Some(a) => a + term,
                 None => term,
@@ -156,11 +195,17 @@ impl Actor for Optimizer {
         self.loss_sum = 0.0;
         let norm = clip_grad_norm(self.masters.iter().map(|(_, t)| t), self.clip)?;
         let pre = self.prefix().to_string();
-        let mut report = vec![(format!("{pre}_grad_norm"), norm), (format!("{pre}_lr"), self.adam.config().lr)];
+        let mut report = vec![
+            (format!("{pre}_grad_norm"), norm),
+            (format!("{pre}_lr"), self.adam.config().lr),
+        ];
         if !loss_mean.is_finite() || !norm.is_finite() {
             self.nonfinite_in_row += 1;
             self.nonfinite_total += 1;
-            report.push((format!("{pre}_nonfinite_skipped"), self.nonfinite_total as f64));
+            report.push((
+                format!("{pre}_nonfinite_skipped"),
+                self.nonfinite_total as f64,
+            ));
             self.adam.zero_grad();
             if self.nonfinite_in_row >= ctx.cfg.max_nonfinite_steps.max(1) {
                 bail!(
@@ -184,8 +229,12 @@ impl Actor for Optimizer {
 
     fn state(&mut self) -> Result<Option<ActorState>> {
         let _g = tch::no_grad_guard();
-        let mut tensors: Vec<(String, Tensor)> =
-            self.model.vars().into_iter().map(|(k, v)| (format!("model.{k}"), v.detach().copy())).collect();
+        let mut tensors: Vec<(String, Tensor)> = self
+            .model
+            .vars()
+            .into_iter()
+            .map(|(k, v)| (format!("model.{k}"), v.detach().copy()))
+            .collect();
         for (k, v) in self.adam.state_tensors() {
             tensors.push((format!("adam.{k}"), v.detach().copy()));
         }
@@ -198,7 +247,7 @@ impl Actor for Optimizer {
         Ok(Some(ActorState { tensors, json }))
     }
 
-    fn restore(&mut self, _ctx: &mut Ctx, st: ActorState) -> Result<()> {
+    fn restore(&mut self, ctx: &mut Ctx, st: ActorState) -> Result<()> {
         let mut model = vec![];
         let mut adam = vec![];
         for (k, v) in st.tensors {
@@ -210,9 +259,35 @@ impl Actor for Optimizer {
         }
         crate::optim::copy_named_into(&self.model.vars(), &model, "checkpoint model weights")?;
         self.adam.load_state(&adam)?;
-        self.version = st.json.get("version").and_then(|v| v.as_u64()).context("checkpoint state lacks `version`")?;
-        self.nonfinite_total = st.json.get("nonfinite_total").and_then(|v| v.as_u64()).unwrap_or(0);
-        self.nonfinite_in_row = st.json.get("nonfinite_in_row").and_then(|v| v.as_u64()).unwrap_or(0);
+        self.version = st
+            .json
+            .get("version")
+            .and_then(|v| v.as_u64())
+            .context("checkpoint state lacks `version`")?;
+        let model_key = if self.role == "generator" {
+            "generator"
+        } else {
+            self.role.as_str()
+        };
+        let want = ctx.plan.version_at(model_key, ctx.plan.start_step);
+        if self.version != want {
+            bail!(
+                "checkpoint holds {} version {} but step {} needs version {want}",
+                self.role,
+                self.version,
+                ctx.plan.start_step
+            );
+        }
+        self.nonfinite_total = st
+            .json
+            .get("nonfinite_total")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
+        self.nonfinite_in_row = st
+            .json
+            .get("nonfinite_in_row")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
         Ok(())
     }
 }

@@ -10,8 +10,15 @@ use anyhow::{bail, Context, Result};
 use tch::{Kind, Tensor};
 
 enum Source {
-    Toy { enc: ToyTextEncoder, prompts: Vec<String>, negative: String },
-    File { cond: Tensor, uncond: Tensor },
+    Toy {
+        enc: ToyTextEncoder,
+        prompts: Vec<String>,
+        negative: String,
+    },
+    File {
+        cond: Tensor,
+        uncond: Tensor,
+    },
 }
 
 pub struct PromptSource {
@@ -23,7 +30,10 @@ impl PromptSource {
     pub fn new(ctx: &Ctx) -> Result<Self> {
         let cfg = &ctx.cfg;
         let batch = cfg.batch_size;
-        let file = ctx.param_str("path").or_else(|| cfg.data_path.clone()).filter(|p| p.ends_with(".safetensors"));
+        let file = ctx
+            .param_str("path")
+            .or_else(|| cfg.data_path.clone())
+            .filter(|p| p.ends_with(".safetensors"));
         let src = match file {
             Some(path) => {
                 let named = Tensor::read_safetensors(&path)
@@ -35,17 +45,38 @@ impl PromptSource {
                 };
                 let (cond, uncond) = (get("cond")?, get("uncond")?);
                 if cond.dim() != 3 || uncond.dim() != 3 || cond.size()[1..] != uncond.size()[1..] {
-                    bail!("{path}: `cond` {:?} and `uncond` {:?} must be [N, L, D] and [1, L, D]", cond.size(), uncond.size());
+                    bail!(
+                        "{path}: `cond` {:?} and `uncond` {:?} must be [N, L, D] and [1, L, D]",
+                        cond.size(),
+                        uncond.size()
+                    );
                 }
-                Source::File { cond: cond.to_kind(Kind::Float), uncond: uncond.to_kind(Kind::Float) }
+                Source::File {
+                    cond: cond.to_kind(Kind::Float),
+                    uncond: uncond.to_kind(Kind::Float),
+                }
             }
             None => {
                 let t = &cfg.toy;
-                let text_dim = crate::actors::zoo::wan_config(&cfg.generator_name, cfg).map(|w| w.text_dim).unwrap_or(t.text_dim);
-                let text_len = if text_dim == t.text_dim { t.text_len } else { 512 };
-                let enc = ToyTextEncoder::new(t.num_classes.max(1) as usize, text_len as usize, text_dim as usize);
+                let text_dim = crate::actors::zoo::wan_config(&cfg.generator_name, cfg)
+                    .map(|w| w.text_dim)
+                    .unwrap_or(t.text_dim);
+                let text_len = if text_dim == t.text_dim {
+                    t.text_len
+                } else {
+                    512
+                };
+                let enc = ToyTextEncoder::new(
+                    t.num_classes.max(1) as usize,
+                    text_len as usize,
+                    text_dim as usize,
+                );
                 // The reference's Chinese negative prompt names no class: it is unconditional here.
-                Source::Toy { prompts: enc.prompts(), enc, negative: cfg.negative_prompt.clone() }
+                Source::Toy {
+                    prompts: enc.prompts(),
+                    enc,
+                    negative: cfg.negative_prompt.clone(),
+                }
             }
         };
         Ok(PromptSource { src, batch })
@@ -54,20 +85,33 @@ impl PromptSource {
 
 impl Actor for PromptSource {
     fn process(&mut self, ctx: &mut Ctx, work: Work, _inputs: Ports) -> Result<Ports> {
-        let key = RngKey::new(ctx.seed, work.step, work.lane, Purpose::Data).rank(ctx.rank).sub(work.micro as u64);
+        let key = RngKey::new(ctx.seed, work.step, work.lane, Purpose::Data)
+            .rank(ctx.rank)
+            .sub(work.micro as u64);
         let b = self.batch;
         let (cond, uncond) = match &self.src {
-            Source::Toy { enc, prompts, negative } => {
+            Source::Toy {
+                enc,
+                prompts,
+                negative,
+            } => {
                 let idx = randint_vec(&key, 0, prompts.len() as i64, b as usize);
-                let chosen: Vec<String> = idx.iter().map(|&i| prompts[i as usize].clone()).collect();
+                let chosen: Vec<String> =
+                    idx.iter().map(|&i| prompts[i as usize].clone()).collect();
                 let neg = vec![negative.clone(); b as usize];
-                (enc.encode_on(&chosen, ctx.device), enc.encode_on(&neg, ctx.device))
+                (
+                    enc.encode_on(&chosen, ctx.device),
+                    enc.encode_on(&neg, ctx.device),
+                )
             }
             Source::File { cond, uncond } => {
                 let n = cond.size()[0];
                 let idx = randint_vec(&key, 0, n, b as usize);
                 let ix = Tensor::from_slice(&idx);
-                (cond.index_select(0, &ix).to_device(ctx.device), uncond.expand([b, -1, -1], false).to_device(ctx.device))
+                (
+                    cond.index_select(0, &ix).to_device(ctx.device),
+                    uncond.expand([b, -1, -1], false).to_device(ctx.device),
+                )
             }
         };
         let mut p = Packet::new();

@@ -21,7 +21,10 @@ pub fn build(node: &Node, ctx: &mut Ctx) -> Result<Box<dyn Actor>> {
         "ema" => Box::new(ema::EmaActor::new(ctx)?),
         "evaluator" => Box::new(evaluator::Evaluator::new(ctx)?),
         "sink" => Box::new(sink::Sink::new(ctx)?),
-        other => bail!("actor `{}`: kind `{other}` has no implementation", node.name),
+        other => bail!(
+            "actor `{}`: kind `{other}` has no implementation",
+            node.name
+        ),
     })
 }
 

@@ -45,21 +45,40 @@ impl Rollout {
         let grad = ctx.param_bool("grad").unwrap_or(false);
         let role = ctx.param_str("model").unwrap_or_else(|| "generator".into());
         let name = zoo::name_for(&role, cfg);
-        let mut model = zoo::build(&name, &role, cfg, ctx.seed, ctx.device, zoo::compute_kind(cfg, ctx.device))?;
+        let mut model = zoo::build(
+            &name,
+            &role,
+            cfg,
+            ctx.seed,
+            ctx.device,
+            zoo::compute_kind(cfg, ctx.device),
+        )?;
         if model.wan().is_none() {
-            bail!("rollout `{}`: model `{name}` is not a block-causal Wan generator", ctx.name);
+            bail!(
+                "rollout `{}`: model `{name}` is not a block-causal Wan generator",
+                ctx.name
+            );
         }
         let table = SigmaTable::new(cfg.model_kwargs.timestep_shift);
         let steps = step_list(cfg, &table)?;
         let f = zoo::latent_shape(cfg)[1];
         if f % cfg.num_frame_per_block != 0 {
-            bail!("num_training_frames {f} is not a multiple of num_frame_per_block {}", cfg.num_frame_per_block);
+            bail!(
+                "num_training_frames {f} is not a multiple of num_frame_per_block {}",
+                cfg.num_frame_per_block
+            );
         }
         if !grad {
             model.vs.freeze();
         }
         let vars = model.vars();
-        Ok(Rollout { model, grad, steps, table, vars })
+        Ok(Rollout {
+            model,
+            grad,
+            steps,
+            table,
+            vars,
+        })
     }
 
     /// The generator copy's variables (sorted by name).
@@ -74,14 +93,24 @@ impl Rollout {
         let kind = wan.kind();
         let [_, f, c, h, w] = zoo::latent_shape(cfg);
         let b = cond.size()[0];
-        let key = |p: Purpose| RngKey::new(ctx.seed, work.step, work.lane, p).rank(ctx.rank).sub(work.micro as u64);
-        let noise = rng::randn(&key(Purpose::RolloutNoise), &[b, f, c, h, w], kind, ctx.device);
+        let key = |p: Purpose| {
+            RngKey::new(ctx.seed, work.step, work.lane, p)
+                .rank(ctx.rank)
+                .sub(work.micro as u64)
+        };
+        let noise = rng::randn(
+            &key(Purpose::RolloutNoise),
+            &[b, f, c, h, w],
+            kind,
+            ctx.device,
+        );
         let n = self.steps.len();
         // Exit step: drawn once per rollout (rank 0's draw under data parallel: rank-free key).
         let exit = if cfg.last_step_only {
             n - 1
         } else {
-            let k = RngKey::new(ctx.seed, work.step, work.lane, Purpose::ExitStep).sub(work.micro as u64);
+            let k = RngKey::new(ctx.seed, work.step, work.lane, Purpose::ExitStep)
+                .sub(work.micro as u64);
             randint_vec(&k, 0, n as i64, 1)[0] as usize
         };
         let nfpb = cfg.num_frame_per_block;
@@ -94,7 +123,11 @@ impl Rollout {
             for (j, &tj) in self.steps.iter().enumerate() {
                 let t = Tensor::full([b, nfpb], tj, (Kind::Float, ctx.device));
                 let is_exit = j == exit;
-                let mode = if is_exit && self.grad { CausalMode::GRAD } else { CausalMode::DENOISE };
+                let mode = if is_exit && self.grad {
+                    CausalMode::GRAD
+                } else {
+                    CausalMode::DENOISE
+                };
                 let v = wan.forward_causal(&x, &t, cond, &mut cache, s, mode);
                 let pred = flow_to_x0(&self.table, &x, &v, &t);
                 if is_exit {
@@ -104,7 +137,12 @@ impl Rollout {
                 let _g = tch::no_grad_guard();
                 let t_next = Tensor::full([b, nfpb], self.steps[j + 1], (Kind::Float, ctx.device));
                 let sub = (blk as u64) << 8 | j as u64;
-                let eps = rng::randn(&key(Purpose::RolloutRenoise).sub(((work.micro as u64) << 32) | sub), &x.size(), kind, ctx.device);
+                let eps = rng::randn(
+                    &key(Purpose::RolloutRenoise).sub(((work.micro as u64) << 32) | sub),
+                    &x.size(),
+                    kind,
+                    ctx.device,
+                );
                 x = add_noise(&self.table, &pred, &eps, &t_next);
             }
             let x0 = x0.context("rollout: exit step beyond the step list")?;
@@ -112,7 +150,12 @@ impl Rollout {
             {
                 let _g = tch::no_grad_guard();
                 let tc = Tensor::full([b, nfpb], cfg.context_noise, (Kind::Float, ctx.device));
-                let eps = rng::randn(&key(Purpose::ContextNoise).sub(((work.micro as u64) << 32) | blk as u64), &x0.size(), kind, ctx.device);
+                let eps = rng::randn(
+                    &key(Purpose::ContextNoise).sub(((work.micro as u64) << 32) | blk as u64),
+                    &x0.size(),
+                    kind,
+                    ctx.device,
+                );
                 let xc = add_noise(&self.table, &x0.detach(), &eps, &tc);
                 let _ = wan.forward_causal(&xc, &tc, cond, &mut cache, s, CausalMode::CONTEXT);
             }
@@ -132,7 +175,10 @@ impl Actor for Rollout {
             let (lo, hi) = ctx.plan.required_version("generator", &work, !self.grad);
             let _ = lo;
             if !self.grad {
-                ctx.report(work.step, vec![("rollout_c_staleness".into(), (hi - v) as f64)]);
+                ctx.report(
+                    work.step,
+                    vec![("rollout_c_staleness".into(), (hi - v) as f64)],
+                );
             }
         }
         let kind = self.model.wan().map(|w| w.kind()).unwrap_or(Kind::Float);
@@ -152,7 +198,11 @@ impl Actor for Rollout {
         p.versions = versions;
         p.scalars.insert("exit_step".into(), exit as f64);
         if self.grad {
-            p.grad_targets = self.vars.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect();
+            p.grad_targets = self
+                .vars
+                .iter()
+                .map(|(k, v)| (k.clone(), v.shallow_clone()))
+                .collect();
             ctx.report(work.step, vec![("exit_step".into(), exit as f64)]);
         }
         Ok([("samples".to_string(), p)].into())

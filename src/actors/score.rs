@@ -14,7 +14,6 @@ use tch::Tensor;
 
 pub struct Score {
     model: Model,
-    role: String,
     trainable: bool,
     guidance: f64,
     table: SigmaTable,
@@ -24,10 +23,19 @@ pub struct Score {
 impl Score {
     pub fn new(ctx: &Ctx) -> Result<Self> {
         let cfg = &ctx.cfg;
-        let role = ctx.param_str("model").context("score: no `model` parameter")?;
+        let role = ctx
+            .param_str("model")
+            .context("score: no `model` parameter")?;
         let name = zoo::name_for(&role, cfg);
         let trainable = ctx.param_bool("trainable").unwrap_or(false);
-        let mut model = zoo::build(&name, &role, cfg, ctx.seed, ctx.device, zoo::compute_kind(cfg, ctx.device))?;
+        let mut model = zoo::build(
+            &name,
+            &role,
+            cfg,
+            ctx.seed,
+            ctx.device,
+            zoo::compute_kind(cfg, ctx.device),
+        )?;
         if !trainable {
             model.vs.freeze();
         }
@@ -42,7 +50,13 @@ impl Score {
             cfg.fake_guidance_scale.unwrap_or(0.0)
         };
         let vars = model.vars();
-        Ok(Score { model, role, trainable, guidance, table: SigmaTable::new(cfg.score_timestep_shift), vars })
+        Ok(Score {
+            model,
+            trainable,
+            guidance,
+            table: SigmaTable::new(cfg.score_timestep_shift),
+            vars,
+        })
     }
 
     fn x0(&self, x_t: &Tensor, t: &Tensor, cond: &Tensor, uncond: Option<&Tensor>) -> Tensor {
@@ -85,7 +99,11 @@ impl Actor for Score {
         p.insert("x0_pred", x0);
         p.versions = versions;
         if self.trainable {
-            p.grad_targets = self.vars.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect();
+            p.grad_targets = self
+                .vars
+                .iter()
+                .map(|(k, v)| (k.clone(), v.shallow_clone()))
+                .collect();
         }
         p.inherit(input);
         Ok([("scored".to_string(), p)].into())

@@ -16,10 +16,18 @@ impl Sink {
     pub fn new(ctx: &Ctx) -> Result<Self> {
         let format = ctx.param_str("format").unwrap_or_else(|| "none".into());
         if !matches!(format.as_str(), "none" | "safetensors") {
-            bail!("sink `{}`: unknown format `{format}` (none, safetensors)", ctx.name);
+            bail!(
+                "sink `{}`: unknown format `{format}` (none, safetensors)",
+                ctx.name
+            );
         }
         let int = |k: &str| ctx.params.get(k).and_then(|v| v.as_u64());
-        Ok(Sink { format, every: int("every").unwrap_or(1).max(1), fail_at: int("fail_at_step"), panic_at: int("panic_at_step") })
+        Ok(Sink {
+            format,
+            every: int("every").unwrap_or(1).max(1),
+            fail_at: int("fail_at_step"),
+            panic_at: int("panic_at_step"),
+        })
     }
 }
 
@@ -36,8 +44,14 @@ impl Actor for Sink {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             for (port, p) in &inputs {
                 if let Ok(x) = p.get("x") {
-                    let path = dir.join(format!("{}_{port}_step{:06}.safetensors", ctx.name, work.step));
-                    let x = x.detach().to_kind(tch::Kind::Float).to_device(tch::Device::Cpu);
+                    let path = dir.join(format!(
+                        "{}_{port}_step{:06}.safetensors",
+                        ctx.name, work.step
+                    ));
+                    let x = x
+                        .detach()
+                        .to_kind(tch::Kind::Float)
+                        .to_device(tch::Device::Cpu);
                     tch::Tensor::write_safetensors(&[("x", &x)], &path)
                         .with_context(|| format!("writing {}", path.display()))?;
                 }

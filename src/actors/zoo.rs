@@ -67,7 +67,13 @@ pub fn compute_kind(cfg: &RunConfig, device: Device) -> Kind {
 /// [B, F, C, H, W] of one training batch (B from `batch_size`, F from `num_training_frames`).
 pub fn latent_shape(cfg: &RunConfig) -> [i64; 5] {
     let s = &cfg.image_or_video_shape;
-    [cfg.batch_size, cfg.num_training_frames.max(1), s[2], s[3], s[4]]
+    [
+        cfg.batch_size,
+        cfg.num_training_frames.max(1),
+        s[2],
+        s[3],
+        s[4],
+    ]
 }
 
 /// The exact-teacher mixture of the config's `toy` section, in the latent shape.
@@ -86,15 +92,30 @@ pub fn toy_gmm(cfg: &RunConfig) -> Result<Gmm> {
             t.mode_scale,
             t.seed,
         )?,
-        "ring" => Gmm::ring(t.num_modes as usize, t.mode_scale, t.mode_std, t.num_classes as usize)?,
-        "imbalanced" => Gmm::imbalanced(t.num_modes as usize, t.mode_scale, t.mode_std, t.num_classes as usize, 10.0)?,
-        other => bail!("config key `toy.kind`: unknown toy `{other}` (procedural, ring, imbalanced)"),
+        "ring" => Gmm::ring(
+            t.num_modes as usize,
+            t.mode_scale,
+            t.mode_std,
+            t.num_classes as usize,
+        )?,
+        "imbalanced" => Gmm::imbalanced(
+            t.num_modes as usize,
+            t.mode_scale,
+            t.mode_std,
+            t.num_classes as usize,
+            10.0,
+        )?,
+        other => {
+            bail!("config key `toy.kind`: unknown toy `{other}` (procedural, ring, imbalanced)")
+        }
     };
     Ok(g.with_shift(cfg.score_timestep_shift))
 }
 
 fn name_hash(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 /// The Wan architecture a model name stands for (`wan-tiny` comes from the `toy` section).
@@ -103,7 +124,14 @@ pub fn wan_config(name: &str, cfg: &RunConfig) -> Option<WanConfig> {
     if lower == "wan-tiny" {
         let t = &cfg.toy;
         let c = cfg.image_or_video_shape[2];
-        return Some(WanConfig::tiny(t.wan_dim, t.wan_layers, t.wan_heads, t.wan_ffn, c, t.text_dim));
+        return Some(WanConfig::tiny(
+            t.wan_dim,
+            t.wan_layers,
+            t.wan_heads,
+            t.wan_ffn,
+            c,
+            t.text_dim,
+        ));
     }
     WanConfig::preset(&lower)
 }
@@ -112,7 +140,14 @@ pub fn wan_config(name: &str, cfg: &RunConfig) -> Option<WanConfig> {
 /// Random weights come from keyed draws of (seed, role), so every actor building the same role
 /// gets the same numbers.
 /// `kind`: the parameters' kind (optimizers keep f32 masters; readers use [`compute_kind`]).
-pub fn build(name: &str, role: &str, cfg: &RunConfig, seed: u64, device: Device, kind: Kind) -> Result<Model> {
+pub fn build(
+    name: &str,
+    role: &str,
+    cfg: &RunConfig,
+    seed: u64,
+    device: Device,
+    kind: Kind,
+) -> Result<Model> {
     let mut vs = nn::VarStore::new(device);
     let key = RngKey::new(seed, 0, Lane::Other, Purpose::Init).sub(name_hash(role));
     let lower = name.to_lowercase();
@@ -120,10 +155,14 @@ pub fn build(name: &str, role: &str, cfg: &RunConfig, seed: u64, device: Device,
         Net::Gmm(toy_gmm(cfg)?)
     } else if lower == "mlp" {
         let s = latent_shape(cfg);
-        let mc = MlpConfig { shape: [s[1], s[2], s[3], s[4]], ..MlpConfig::toy2d(cfg.toy.text_dim) };
+        let mc = MlpConfig {
+            shape: [s[1], s[2], s[3], s[4]],
+            ..MlpConfig::toy2d(cfg.toy.text_dim)
+        };
         Net::Mlp(Mlp::new(&vs.root(), mc, key.digest()))
     } else if let Some(wc) = wan_config(name, cfg) {
-        let mut m = WanModel::new(&vs.root(), wc).with_context(|| format!("building Wan model `{name}`"))?;
+        let mut m = WanModel::new(&vs.root(), wc)
+            .with_context(|| format!("building Wan model `{name}`"))?;
         m.causal = CausalOptions {
             num_frame_per_block: cfg.num_frame_per_block,
             local_attn_size: cfg.local_attn_size,
@@ -147,7 +186,11 @@ pub fn build(name: &str, role: &str, cfg: &RunConfig, seed: u64, device: Device,
     if kind != Kind::Float {
         vs.set_kind(kind);
     }
-    Ok(Model { vs, net, name: name.to_string() })
+    Ok(Model {
+        vs,
+        net,
+        name: name.to_string(),
+    })
 }
 
 fn wc_is_tiny(name: &str) -> bool {

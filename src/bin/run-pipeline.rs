@@ -103,7 +103,9 @@ impl Common {
 }
 
 fn inventory() -> DeviceInventory {
-    DeviceInventory { cuda_devices: tch::Cuda::device_count().max(0) as usize }
+    DeviceInventory {
+        cuda_devices: tch::Cuda::device_count().max(0) as usize,
+    }
 }
 
 fn load_graph(file: &str) -> Result<stillflow::graph::Graph, String> {
@@ -114,12 +116,22 @@ fn load_graph(file: &str) -> Result<stillflow::graph::Graph, String> {
 fn check(common: &Common, file: &str) -> Result<(), String> {
     let text = std::fs::read_to_string(file).unwrap_or_default();
     let is_pipeline = stillflow::graph::embedded(file).is_some()
-        || text.lines().any(|l| l.starts_with("actors:") || l.starts_with("edges:"));
+        || text
+            .lines()
+            .any(|l| l.starts_with("actors:") || l.starts_with("edges:"));
     if is_pipeline {
         let g = load_graph(file)?;
-        println!("{file}: ok (pipeline `{}`: {} actors, {} edges)", g.name, g.actors.len(), g.edges.len());
+        println!(
+            "{file}: ok (pipeline `{}`: {} actors, {} edges)",
+            g.name,
+            g.actors.len(),
+            g.edges.len()
+        );
     } else {
-        let opts = Common { configs: vec![file.to_string()], ..common.clone() };
+        let opts = Common {
+            configs: vec![file.to_string()],
+            ..common.clone()
+        };
         let loaded = opts.load()?;
         let g = load_graph(&loaded.config.pipeline)?;
         println!("{file}: ok (config; pipeline `{}` validates)", g.name);
@@ -146,15 +158,26 @@ fn run(cli: Cli) -> Result<(), String> {
                 None => cli.common.load()?.config.pipeline,
             };
             let g = load_graph(&file)?;
-            println!("{}", if format == "dot" { g.to_dot() } else { g.to_mermaid() });
+            println!(
+                "{}",
+                if format == "dot" {
+                    g.to_dot()
+                } else {
+                    g.to_mermaid()
+                }
+            );
             Ok(())
         }
         Cmd::Doctor => stillflow::profile::doctor::run().map_err(|e| format!("doctor: {e:#}")),
         Cmd::Train => {
             let loaded = cli.common.load()?;
-            let opts = RunOptions { resume: cli.common.resume, quiet: false };
+            let opts = RunOptions {
+                resume: cli.common.resume,
+                quiet: false,
+            };
             let cfg = loaded.config.clone();
-            let report = stillflow::runtime::train(loaded.config, &opts).map_err(|e| format!("{e:#}"))?;
+            let report =
+                stillflow::runtime::train(loaded.config, &opts).map_err(|e| format!("{e:#}"))?;
             print!("{}", stillflow::runtime::summary::render(&cfg, &report));
             Ok(())
         }

@@ -231,3 +231,29 @@ pub fn read_part(dir: &Path, m: &PartManifest) -> Result<NamedTensors> {
     }
     Ok(tensors)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksum_is_chunking_independent_and_sensitive() {
+        let data: Vec<u8> = (0..1000u32).map(|i| (i * 31 % 251) as u8).collect();
+        let whole = checksum64(&data);
+        for split in [1usize, 3, 7, 8, 9, 500, 999] {
+            let mut c = Checksum64::default();
+            for chunk in data.chunks(split) {
+                c.update(chunk);
+            }
+            assert_eq!(c.finish(), whole, "chunks of {split}");
+        }
+        let mut flipped = data.clone();
+        flipped[517] ^= 1;
+        assert_ne!(checksum64(&flipped), whole);
+        assert_ne!(checksum64(&data[..999]), whole);
+        // Trailing zeros change the length, hence the sum.
+        let mut longer = data.clone();
+        longer.push(0);
+        assert_ne!(checksum64(&longer), whole);
+    }
+}

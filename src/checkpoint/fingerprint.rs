@@ -15,6 +15,8 @@ pub const VOLATILE_CONFIG_KEYS: &[&str] = &[
     "log_iters",
     "device",
     "progress",
+    "schedule",
+    "max_staleness",
     "max_nonfinite_steps",
     "generator_ckpt",
 ];

@@ -21,12 +21,34 @@ pub struct ActorState {
 
 /// What actors tell the supervisor.
 pub enum Event {
-    Scalars { step: u64, actor: String, values: Vec<(String, f64)> },
-    Busy { actor: String, work: Work, start: Instant, secs: f64 },
-    Done { actor: String, work: Work },
-    State { actor: String, step: u64, state: ActorState },
-    Error { actor: String, work: Option<Work>, msg: String },
-    Finished { actor: String },
+    Scalars {
+        step: u64,
+        actor: String,
+        values: Vec<(String, f64)>,
+    },
+    Busy {
+        actor: String,
+        work: Work,
+        start: Instant,
+        secs: f64,
+    },
+    Done {
+        actor: String,
+        work: Work,
+    },
+    State {
+        actor: String,
+        step: u64,
+        state: ActorState,
+    },
+    Error {
+        actor: String,
+        work: Option<Work>,
+        msg: String,
+    },
+    Finished {
+        actor: String,
+    },
 }
 
 /// Step credits handed out by the supervisor, and the (possibly lowered) stop step.
@@ -38,7 +60,10 @@ pub struct Credits {
 
 impl Default for Credits {
     fn default() -> Self {
-        Credits { inner: Mutex::new((0, u64::MAX)), cv: Condvar::new() }
+        Credits {
+            inner: Mutex::new((0, u64::MAX)),
+            cv: Condvar::new(),
+        }
     }
 }
 
@@ -126,13 +151,19 @@ pub struct Ctx {
 impl Ctx {
     pub fn report(&self, step: u64, values: Vec<(String, f64)>) {
         if let Some(tx) = &self.events {
-            let _ = tx.send(Event::Scalars { step, actor: self.name.clone(), values });
+            let _ = tx.send(Event::Scalars {
+                step,
+                actor: self.name.clone(),
+                values,
+            });
         }
     }
 
     /// Parameter `key` of this actor's spec as a string.
     pub fn param_str(&self, key: &str) -> Option<String> {
-        self.params.get(key).and_then(|v| v.as_str().map(str::to_string))
+        self.params
+            .get(key)
+            .and_then(|v| v.as_str().map(str::to_string))
     }
 
     pub fn param_bool(&self, key: &str) -> Option<bool> {
@@ -152,10 +183,9 @@ impl Ctx {
         stale_ok: bool,
         dst: &[(String, Tensor)],
     ) -> anyhow::Result<u64> {
-        let wi = self
-            .weights_in
-            .get(port)
-            .ok_or_else(|| anyhow::anyhow!("actor `{}` has no weights input `{port}`", self.name))?;
+        let wi = self.weights_in.get(port).ok_or_else(|| {
+            anyhow::anyhow!("actor `{}` has no weights input `{port}`", self.name)
+        })?;
         let (lo, hi) = self.plan.required_version(&wi.model, w, stale_ok);
         if let Some(v) = wi.loaded {
             if v >= lo && v <= hi && (v == hi || wi.hub.latest_version() == Some(v)) {
@@ -164,8 +194,12 @@ impl Ctx {
         }
         let hub = wi.hub.clone();
         let got = hub
-            .with_version(lo, hi, &self.cancel, |v, t| super::weights::copy_named(dst, t).map(|_| v))
-            .map_err(|e| anyhow::anyhow!("waiting for {} weights v{lo}..=v{hi}: {e}", wi.model))??;
+            .with_version(lo, hi, &self.cancel, |v, t| {
+                super::weights::copy_named(dst, t).map(|_| v)
+            })
+            .map_err(|e| {
+                anyhow::anyhow!("waiting for {} weights v{lo}..=v{hi}: {e}", wi.model)
+            })??;
         if let Some(wi) = self.weights_in.get_mut(port) {
             wi.loaded = Some(got);
         }

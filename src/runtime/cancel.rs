@@ -22,7 +22,11 @@ impl Default for Cancel {
 impl Cancel {
     pub fn new() -> Self {
         let (tx, rx) = crossbeam_channel::bounded(1);
-        Cancel { flag: Arc::new(AtomicBool::new(false)), rx, tx: Arc::new(Mutex::new(Some(tx))) }
+        Cancel {
+            flag: Arc::new(AtomicBool::new(false)),
+            rx,
+            tx: Arc::new(Mutex::new(Some(tx))),
+        }
     }
 
     pub fn cancel(&self) {

@@ -17,7 +17,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// Builds an actor of a kind on the current thread.
-pub type BuildFn = Arc<dyn Fn(&super::wiring::Node, &mut Ctx) -> anyhow::Result<Box<dyn Actor>> + Send + Sync>;
+pub type BuildFn =
+    Arc<dyn Fn(&super::wiring::Node, &mut Ctx) -> anyhow::Result<Box<dyn Actor>> + Send + Sync>;
 
 /// Everything both executors need.
 pub struct Setup {
@@ -76,7 +77,14 @@ impl Setup {
             .filter(|e| e.to == i)
             .filter_map(|e| {
                 hubs.get(&e.from).map(|h| {
-                    (e.to_port.clone(), WeightsIn { model: h.model.clone(), hub: h.clone(), loaded: None })
+                    (
+                        e.to_port.clone(),
+                        WeightsIn {
+                            model: h.model.clone(),
+                            hub: h.clone(),
+                            loaded: None,
+                        },
+                    )
                 })
             })
             .collect();
@@ -106,7 +114,9 @@ impl Setup {
     fn boundaries(&self, stop: u64) -> VecDeque<u64> {
         let every = self.checkpoint_every.max(1);
         let start = self.plan.start_step;
-        ((start / every + 1) * every..stop).step_by(every as usize).collect()
+        ((start / every + 1) * every..stop)
+            .step_by(every as usize)
+            .collect()
     }
 }
 
@@ -128,7 +138,11 @@ fn state_or_empty(actor: &mut dyn Actor) -> anyhow::Result<ActorState> {
 // serial
 
 /// Run the graph on the calling thread in the reference's order.
-pub fn run_serial(setup: &mut Setup, sup: &mut Supervisor, stop_flag: &std::sync::atomic::AtomicBool) -> anyhow::Result<()> {
+pub fn run_serial(
+    setup: &mut Setup,
+    sup: &mut Supervisor,
+    stop_flag: &std::sync::atomic::AtomicBool,
+) -> anyhow::Result<()> {
     let cancel = sup.cancel.clone();
     let credits = sup.credits.clone();
     let hubs = setup.hubs();
@@ -147,13 +161,16 @@ pub fn run_serial(setup: &mut Setup, sup: &mut Supervisor, stop_flag: &std::sync
         let mut a = (setup.build)(&w.nodes[i], &mut ctx)
             .with_context(|| format!("building actor `{}`", w.nodes[i].name))?;
         if let Some(st) = setup.resume.remove(&w.nodes[i].name) {
-            a.restore(&mut ctx, st).with_context(|| format!("restoring actor `{}`", w.nodes[i].name))?;
+            a.restore(&mut ctx, st)
+                .with_context(|| format!("restoring actor `{}`", w.nodes[i].name))?;
         }
         actors.push(a);
         ctxs.push(ctx);
     }
     for i in 0..w.nodes.len() {
-        actors[i].start(&mut ctxs[i]).with_context(|| format!("starting actor `{}`", w.nodes[i].name))?;
+        actors[i]
+            .start(&mut ctxs[i])
+            .with_context(|| format!("starting actor `{}`", w.nodes[i].name))?;
     }
     // Service actors (weights subscribers) and the next version each expects.
     let mut services: Vec<(usize, Arc<WeightsHub>, u64)> = vec![];
@@ -168,7 +185,10 @@ pub fn run_serial(setup: &mut Setup, sup: &mut Supervisor, stop_flag: &std::sync
     let mut queues: Vec<VecDeque<Msg>> = (0..w.data.len()).map(|_| VecDeque::new()).collect();
     let start = setup.plan.start_step;
     let mut boundaries = setup.boundaries(setup.plan.stop_step);
-    let drain = |actors: &mut Vec<Box<dyn Actor>>, ctxs: &mut Vec<Ctx>, services: &mut Vec<(usize, Arc<WeightsHub>, u64)>| -> anyhow::Result<()> {
+    let drain = |actors: &mut Vec<Box<dyn Actor>>,
+                 ctxs: &mut Vec<Ctx>,
+                 services: &mut Vec<(usize, Arc<WeightsHub>, u64)>|
+     -> anyhow::Result<()> {
         for (i, hub, next) in services.iter_mut() {
             while hub.latest_version().is_some_and(|v| v >= *next) {
                 let v = *next;
@@ -180,15 +200,20 @@ pub fn run_serial(setup: &mut Setup, sup: &mut Supervisor, stop_flag: &std::sync
         }
         Ok(())
     };
-    let collect_states = |actors: &mut Vec<Box<dyn Actor>>, sup: &mut Supervisor, b: u64| -> anyhow::Result<()> {
-        for i in 0..w.nodes.len() {
-            if stateful.contains(&w.nodes[i].name) {
-                let st = state_or_empty(actors[i].as_mut())?;
-                sup.handle(Event::State { actor: w.nodes[i].name.clone(), step: b, state: st });
+    let collect_states =
+        |actors: &mut Vec<Box<dyn Actor>>, sup: &mut Supervisor, b: u64| -> anyhow::Result<()> {
+            for i in 0..w.nodes.len() {
+                if stateful.contains(&w.nodes[i].name) {
+                    let st = state_or_empty(actors[i].as_mut())?;
+                    sup.handle(Event::State {
+                        actor: w.nodes[i].name.clone(),
+                        step: b,
+                        state: st,
+                    });
+                }
             }
-        }
-        Ok(())
-    };
+            Ok(())
+        };
     drain(&mut actors, &mut ctxs, &mut services)?;
     let mut s = start;
     while s < credits.stop() {
@@ -205,7 +230,11 @@ pub fn run_serial(setup: &mut Setup, sup: &mut Supervisor, stop_flag: &std::sync
                 continue;
             }
             for micro in 0..setup.plan.micro {
-                let work = Work { step: s, lane, micro };
+                let work = Work {
+                    step: s,
+                    lane,
+                    micro,
+                };
                 for i in 0..w.nodes.len() {
                     if !w.lanes[i].contains(&lane) {
                         continue;
@@ -214,17 +243,26 @@ pub fn run_serial(setup: &mut Setup, sup: &mut Supervisor, stop_flag: &std::sync
                     for (k, e) in w.data.iter().enumerate() {
                         if e.to == i && e.lanes.contains(&lane) {
                             let (got, p) = queues[k].pop_front().ok_or_else(|| {
-                                anyhow!("actor `{}`: no packet on `{}` at {work}", w.nodes[i].name, e.to_port)
+                                anyhow!(
+                                    "actor `{}`: no packet on `{}` at {work}",
+                                    w.nodes[i].name,
+                                    e.to_port
+                                )
                             })?;
                             debug_assert_eq!(got, work);
                             inputs.insert(e.to_port.clone(), p);
                         }
                     }
                     let t0 = Instant::now();
-                    let out = actors[i]
-                        .process(&mut ctxs[i], work, inputs)
-                        .map_err(|e| anyhow!("actor `{}` failed at {work}: {e:#}", w.nodes[i].name))?;
-                    sup.handle(Event::Busy { actor: w.nodes[i].name.clone(), work, start: t0, secs: t0.elapsed().as_secs_f64() });
+                    let out = actors[i].process(&mut ctxs[i], work, inputs).map_err(|e| {
+                        anyhow!("actor `{}` failed at {work}: {e:#}", w.nodes[i].name)
+                    })?;
+                    sup.handle(Event::Busy {
+                        actor: w.nodes[i].name.clone(),
+                        work,
+                        start: t0,
+                        secs: t0.elapsed().as_secs_f64(),
+                    });
                     route(&w, i, work, out, |k, m| {
                         queues[k].push_back(m);
                         Ok(())
@@ -233,7 +271,10 @@ pub fn run_serial(setup: &mut Setup, sup: &mut Supervisor, stop_flag: &std::sync
                     while let Ok(ev) = ev_rx.try_recv() {
                         sup.handle(ev);
                     }
-                    sup.handle(Event::Done { actor: w.nodes[i].name.clone(), work });
+                    sup.handle(Event::Done {
+                        actor: w.nodes[i].name.clone(),
+                        work,
+                    });
                 }
             }
         }
@@ -251,7 +292,9 @@ pub fn run_serial(setup: &mut Setup, sup: &mut Supervisor, stop_flag: &std::sync
     }
     for i in 0..w.nodes.len() {
         actors[i].finish(&mut ctxs[i])?;
-        sup.handle(Event::Finished { actor: w.nodes[i].name.clone() });
+        sup.handle(Event::Finished {
+            actor: w.nodes[i].name.clone(),
+        });
     }
     Ok(())
 }
@@ -279,10 +322,19 @@ fn route(
         .collect();
     for (n, &k) in edges.iter().enumerate() {
         let port = &w.data[k].from_port;
-        let last_use = !edges[n + 1..].iter().any(|&k2| &w.data[k2].from_port == port);
-        let p = if last_use { out.remove(port) } else { out.get(port).map(Packet::shallow_clone) };
+        let last_use = !edges[n + 1..]
+            .iter()
+            .any(|&k2| &w.data[k2].from_port == port);
+        let p = if last_use {
+            out.remove(port)
+        } else {
+            out.get(port).map(Packet::shallow_clone)
+        };
         let p = p.ok_or_else(|| {
-            anyhow!("actor `{}` produced no `{port}` at {work} but an edge expects it", w.nodes[i].name)
+            anyhow!(
+                "actor `{}` produced no `{port}` at {work} but an edge expects it",
+                w.nodes[i].name
+            )
         })?;
         send(k, (work, p))?;
     }
@@ -329,7 +381,11 @@ pub fn run_threaded(setup: Setup, sup: Supervisor) -> anyhow::Result<Supervisor>
     let setup = Arc::new(std::sync::Mutex::new(setup));
     let mut handles = vec![];
     for i in 0..w.nodes.len() {
-        let mut io = ThreadIo { inputs: vec![], outputs: BTreeMap::new(), service_sub: None };
+        let mut io = ThreadIo {
+            inputs: vec![],
+            outputs: BTreeMap::new(),
+            service_sub: None,
+        };
         for (k, e) in w.data.iter().enumerate() {
             if e.to == i {
                 if let Some(rx) = rxs[k].take() {
@@ -352,7 +408,10 @@ pub fn run_threaded(setup: Setup, sup: Supervisor) -> anyhow::Result<Supervisor>
                     io.service_sub = Some((wi.hub.clone(), sub, wi.model.clone()));
                 }
             }
-            let first = io.service_sub.as_ref().map(|(_, _, m)| first_service_version(&s, m));
+            let first = io
+                .service_sub
+                .as_ref()
+                .map(|(_, _, m)| first_service_version(&s, m));
             (ctx, s.resume.remove(&w.nodes[i].name), first.unwrap_or(0))
         };
         let setup = setup.clone();
@@ -376,11 +435,17 @@ pub fn run_threaded(setup: Setup, sup: Supervisor) -> anyhow::Result<Supervisor>
                 };
                 match err {
                     // A cancelled actor is a casualty, not the cause: report only real errors.
-                    Some((_, msg)) if ctx.cancel.is_cancelled() && msg.contains("cancelled because") => {
+                    Some((_, msg))
+                        if ctx.cancel.is_cancelled() && msg.contains("cancelled because") =>
+                    {
                         let _ = ev.send(Event::Finished { actor: name });
                     }
                     Some((work, msg)) => {
-                        let _ = ev.send(Event::Error { actor: name.clone(), work, msg });
+                        let _ = ev.send(Event::Error {
+                            actor: name.clone(),
+                            work,
+                            msg,
+                        });
                         let _ = ev.send(Event::Finished { actor: name });
                     }
                     None => {
@@ -399,7 +464,11 @@ pub fn run_threaded(setup: Setup, sup: Supervisor) -> anyhow::Result<Supervisor>
     let sys = actix::System::new();
     sys.block_on(async {
         use actix::Actor as _;
-        let addr = super::supervisor::SupervisorActor { inner: sup, done_tx: Some(done_tx) }.start();
+        let addr = super::supervisor::SupervisorActor {
+            inner: sup,
+            done_tx: Some(done_tx),
+        }
+        .start();
         let bridge_addr = addr.clone();
         std::thread::Builder::new()
             .name("events".into())
@@ -429,7 +498,9 @@ pub fn run_threaded(setup: Setup, sup: Supervisor) -> anyhow::Result<Supervisor>
     for h in handles {
         let _ = h.join();
     }
-    done_rx.recv().map_err(|_| anyhow!("supervisor did not report back"))
+    done_rx
+        .recv()
+        .map_err(|_| anyhow!("supervisor did not report back"))
 }
 
 type ThreadErr = (Option<Work>, anyhow::Error);
@@ -445,8 +516,15 @@ fn actor_thread(
 ) -> Result<(), ThreadErr> {
     let e0 = |e: anyhow::Error| (None, e);
     let (build, plan, stateful, mut boundaries) = {
-        let s = setup.lock().map_err(|_| e0(anyhow!("setup lock poisoned")))?;
-        (s.build.clone(), s.plan.clone(), s.stateful().contains(&w.nodes[i].name), s.boundaries(s.plan.stop_step))
+        let s = setup
+            .lock()
+            .map_err(|_| e0(anyhow!("setup lock poisoned")))?;
+        (
+            s.build.clone(),
+            s.plan.clone(),
+            s.stateful().contains(&w.nodes[i].name),
+            s.boundaries(s.plan.stop_step),
+        )
     };
     if ctx.device == tch::Device::Cpu {
         // One intra-op thread per actor: actors already run in parallel, and fixed threading
@@ -454,7 +532,8 @@ fn actor_thread(
         tch::set_num_threads(1);
     }
     let node = &w.nodes[i];
-    let mut actor = build(node, ctx).map_err(|e| e0(e.context(format!("building actor `{}`", node.name))))?;
+    let mut actor =
+        build(node, ctx).map_err(|e| e0(e.context(format!("building actor `{}`", node.name))))?;
     if let Some(st) = resume {
         actor.restore(ctx, st).map_err(e0)?;
     }
@@ -462,7 +541,11 @@ fn actor_thread(
     let emit_state = |actor: &mut Box<dyn Actor>, ctx: &Ctx, b: u64| -> Result<(), ThreadErr> {
         let st = state_or_empty(actor.as_mut()).map_err(e0)?;
         if let Some(tx) = &ctx.events {
-            let _ = tx.send(Event::State { actor: ctx.name.clone(), step: b, state: st });
+            let _ = tx.send(Event::State {
+                actor: ctx.name.clone(),
+                step: b,
+                state: st,
+            });
         }
         Ok(())
     };
@@ -472,7 +555,11 @@ fn actor_thread(
         let mut v = first_version;
         loop {
             // States for boundaries whose version is older than v must be taken before consuming v.
-            while stateful && boundaries.front().is_some_and(|&b| plan.version_at(&model, b) < v && b < ctx.credits.stop()) {
+            while stateful
+                && boundaries
+                    .front()
+                    .is_some_and(|&b| plan.version_at(&model, b) < v && b < ctx.credits.stop())
+            {
                 let b = boundaries.pop_front().unwrap_or_default();
                 emit_state(&mut actor, ctx, b)?;
             }
@@ -510,7 +597,9 @@ fn actor_thread(
                 match recv(rx, &ctx.cancel) {
                     Ok((got, p)) => {
                         if got != work {
-                            return Err(we(anyhow!("port `{port}` delivered {got} while expecting {work}")));
+                            return Err(we(anyhow!(
+                                "port `{port}` delivered {got} while expecting {work}"
+                            )));
                         }
                         inputs.insert(port.clone(), p);
                     }
@@ -519,7 +608,9 @@ fn actor_thread(
                         break;
                     }
                     Err(Interrupted::Closed) => {
-                        return Err(we(anyhow!("input `{port}` closed before {work}: an upstream actor stopped")))
+                        return Err(we(anyhow!(
+                            "input `{port}` closed before {work}: an upstream actor stopped"
+                        )))
                     }
                     Err(e) => return Err(we(anyhow!("{e}"))),
                 }
@@ -530,16 +621,27 @@ fn actor_thread(
             let t0 = Instant::now();
             let out = actor.process(ctx, work, inputs).map_err(we)?;
             if let Some(tx) = &ctx.events {
-                let _ = tx.send(Event::Busy { actor: ctx.name.clone(), work, start: t0, secs: t0.elapsed().as_secs_f64() });
+                let _ = tx.send(Event::Busy {
+                    actor: ctx.name.clone(),
+                    work,
+                    start: t0,
+                    secs: t0.elapsed().as_secs_f64(),
+                });
             }
             let cancel = ctx.cancel.clone();
             route(w, i, work, out, |k, m| {
-                let tx = io.outputs.get(&k).ok_or_else(|| anyhow!("no sender for edge {k}"))?;
+                let tx = io
+                    .outputs
+                    .get(&k)
+                    .ok_or_else(|| anyhow!("no sender for edge {k}"))?;
                 send(tx, m, &cancel).map_err(|e| anyhow!("{e}"))
             })
             .map_err(we)?;
             if let Some(tx) = &ctx.events {
-                let _ = tx.send(Event::Done { actor: ctx.name.clone(), work });
+                let _ = tx.send(Event::Done {
+                    actor: ctx.name.clone(),
+                    work,
+                });
             }
         }
     }

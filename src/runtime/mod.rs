@@ -27,7 +27,10 @@ pub fn parse_device(s: &str) -> anyhow::Result<tch::Device> {
     match s {
         "cpu" => Ok(tch::Device::Cpu),
         "cuda" => Ok(tch::Device::Cuda(0)),
-        _ => match s.strip_prefix("cuda:").and_then(|i| i.parse::<usize>().ok()) {
+        _ => match s
+            .strip_prefix("cuda:")
+            .and_then(|i| i.parse::<usize>().ok())
+        {
             Some(i) => Ok(tch::Device::Cuda(i)),
             None => anyhow::bail!("device `{s}`: expected cpu, cuda or cuda:<index>"),
         },

@@ -69,7 +69,11 @@ impl Packet {
     /// A copy sharing tensor storage (and autograd graph).
     pub fn shallow_clone(&self) -> Packet {
         Packet {
-            tensors: self.tensors.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect(),
+            tensors: self
+                .tensors
+                .iter()
+                .map(|(k, v)| (k.clone(), v.shallow_clone()))
+                .collect(),
             grad_targets: self
                 .grad_targets
                 .iter()
@@ -89,8 +93,11 @@ impl Packet {
             self.scalars.entry(k.clone()).or_insert(*v);
         }
         if self.grad_targets.is_empty() {
-            self.grad_targets =
-                other.grad_targets.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect();
+            self.grad_targets = other
+                .grad_targets
+                .iter()
+                .map(|(k, v)| (k.clone(), v.shallow_clone()))
+                .collect();
         }
     }
 }

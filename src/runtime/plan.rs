@@ -40,7 +40,11 @@ impl Plan {
     }
 
     /// The work items of an actor with `lanes`, in order, from `from_step` (inclusive).
-    pub fn sequence(&self, lanes: &BTreeSet<Lane>, from_step: u64) -> impl Iterator<Item = Work> + '_ {
+    pub fn sequence(
+        &self,
+        lanes: &BTreeSet<Lane>,
+        from_step: u64,
+    ) -> impl Iterator<Item = Work> + '_ {
         let lanes = lanes.clone();
         let stop = self.stop_step;
         (from_step..stop).flat_map(move |s| {
@@ -48,7 +52,11 @@ impl Plan {
             for lane in [Lane::Generator, Lane::Critic, Lane::Other] {
                 if lanes.contains(&lane) && self.lane_runs(lane, s) {
                     for m in 0..self.micro {
-                        v.push(Work { step: s, lane, micro: m });
+                        v.push(Work {
+                            step: s,
+                            lane,
+                            micro: m,
+                        });
                     }
                 }
             }
@@ -72,7 +80,9 @@ impl Plan {
             _ => w.step,
         };
         match self.mode {
-            Mode::Async { max_staleness } if stale_ok => (exact.saturating_sub(max_staleness), exact),
+            Mode::Async { max_staleness } if stale_ok => {
+                (exact.saturating_sub(max_staleness), exact)
+            }
             _ => (exact, exact),
         }
     }
@@ -92,7 +102,14 @@ mod tests {
     use super::*;
 
     fn plan(mode: Mode) -> Plan {
-        Plan { mode, ratio: 5, micro: 1, start_step: 0, stop_step: 11, lanes: BTreeMap::new() }
+        Plan {
+            mode,
+            ratio: 5,
+            micro: 1,
+            start_step: 0,
+            stop_step: 11,
+            lanes: BTreeMap::new(),
+        }
     }
 
     #[test]
@@ -100,7 +117,10 @@ mod tests {
         let p = plan(Mode::Exact);
         let both: BTreeSet<Lane> = [Lane::Generator, Lane::Critic].into();
         let seq: Vec<(u64, Lane)> = p.sequence(&both, 0).map(|w| (w.step, w.lane)).collect();
-        assert_eq!(&seq[..3], &[(0, Lane::Generator), (0, Lane::Critic), (1, Lane::Critic)]);
+        assert_eq!(
+            &seq[..3],
+            &[(0, Lane::Generator), (0, Lane::Critic), (1, Lane::Critic)]
+        );
         assert_eq!(seq.iter().filter(|(_, l)| *l == Lane::Generator).count(), 3); // 0, 5, 10
         assert_eq!(seq.len(), 14);
     }
@@ -108,8 +128,16 @@ mod tests {
     #[test]
     fn versions_match_serial_order() {
         let p = plan(Mode::Exact);
-        let g = |s| Work { step: s, lane: Lane::Generator, micro: 0 };
-        let c = |s| Work { step: s, lane: Lane::Critic, micro: 0 };
+        let g = |s| Work {
+            step: s,
+            lane: Lane::Generator,
+            micro: 0,
+        };
+        let c = |s| Work {
+            step: s,
+            lane: Lane::Critic,
+            micro: 0,
+        };
         assert_eq!(p.required_version("generator", &g(0), false), (0, 0));
         assert_eq!(p.required_version("generator", &c(0), false), (1, 1));
         assert_eq!(p.required_version("generator", &c(4), false), (1, 1));

@@ -9,8 +9,16 @@ pub fn progress_bar(cfg: &RunConfig, plan: &Plan, quiet: bool) -> Option<Progres
     if quiet || !cfg.progress {
         return None;
     }
-    let total = if plan.stop_step == u64::MAX { 0 } else { plan.stop_step - plan.start_step };
-    let pb = if total > 0 { ProgressBar::new(total) } else { ProgressBar::new_spinner() };
+    let total = if plan.stop_step == u64::MAX {
+        0
+    } else {
+        plan.stop_step - plan.start_step
+    };
+    let pb = if total > 0 {
+        ProgressBar::new(total)
+    } else {
+        ProgressBar::new_spinner()
+    };
     pb.set_draw_target(ProgressDrawTarget::stderr_with_hz(4));
     let style = ProgressStyle::with_template(
         "{spinner} step {pos}/{len} [{elapsed_precise}<{eta_precise}] {per_sec} {msg}",
@@ -24,7 +32,11 @@ pub fn progress_bar(cfg: &RunConfig, plan: &Plan, quiet: bool) -> Option<Progres
 pub fn progress_update(pb: &ProgressBar, line: &serde_json::Value) {
     pb.inc(1);
     let mut msg = String::new();
-    for (key, label) in [("generator_loss", "G"), ("critic_loss", "D"), ("generator_grad_norm", "|gG|")] {
+    for (key, label) in [
+        ("generator_loss", "G"),
+        ("critic_loss", "D"),
+        ("generator_grad_norm", "|gG|"),
+    ] {
         if let Some(v) = line.get(key).and_then(|v| v.as_f64()) {
             msg.push_str(&format!(" {label} {v:.4}"));
         }

@@ -45,21 +45,30 @@ pub fn resolve_seed(seed: u64) -> u64 {
     if seed != 0 {
         return seed;
     }
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(1);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(1);
     (t as u64 ^ (std::process::id() as u64).rotate_left(32)) | 1
 }
 
 fn ensure_writable(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("logdir {}: cannot create", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("logdir {}: cannot create", dir.display()))?;
     let probe = dir.join(".write_probe");
-    std::fs::write(&probe, b"ok").with_context(|| format!("logdir {}: not writable", dir.display()))?;
+    std::fs::write(&probe, b"ok")
+        .with_context(|| format!("logdir {}: not writable", dir.display()))?;
     let _ = std::fs::remove_file(probe);
     Ok(())
 }
 
 /// The schedule of a run: the config's `schedule`/`max_staleness` override the pipeline file's.
 pub fn resolve_mode(cfg: &RunConfig, file: &crate::graph::Schedule) -> Result<Mode> {
-    let staleness = if cfg.max_staleness >= 0 { cfg.max_staleness as u64 } else { file.max_staleness };
+    let staleness = if cfg.max_staleness >= 0 {
+        cfg.max_staleness as u64
+    } else {
+        file.max_staleness
+    };
     let mode = if cfg.schedule.is_empty() {
         match file.mode {
             ScheduleMode::Serial => "serial",
@@ -72,7 +81,9 @@ pub fn resolve_mode(cfg: &RunConfig, file: &crate::graph::Schedule) -> Result<Mo
     Ok(match mode {
         "serial" => Mode::Serial,
         "exact" => Mode::Exact,
-        "async" => Mode::Async { max_staleness: staleness },
+        "async" => Mode::Async {
+            max_staleness: staleness,
+        },
         other => bail!("config key `schedule`: unknown schedule `{other}`"),
     })
 }
@@ -109,9 +120,25 @@ pub fn train(cfg: RunConfig, opts: &RunOptions) -> Result<RunReport> {
         (None, false) => (0, BTreeMap::new(), resolve_seed(cfg.seed)),
     };
     cfg.seed = seed;
-    let stop_step = if cfg.max_steps > 0 { cfg.max_steps } else { u64::MAX };
+    if opts.resume {
+        for n in &wiring.nodes {
+            if crate::actors::registry::STATEFUL.contains(&n.kind.as_str())
+                && !states.contains_key(&n.name)
+            {
+                bail!("--resume: the checkpoint has no state for actor `{}` (was the pipeline changed?)", n.name);
+            }
+        }
+    }
+    let stop_step = if cfg.max_steps > 0 {
+        cfg.max_steps
+    } else {
+        u64::MAX
+    };
     if start_step >= stop_step {
-        bail!("nothing to do: the run is at step {start_step} and max_steps is {}", cfg.max_steps);
+        bail!(
+            "nothing to do: the run is at step {start_step} and max_steps is {}",
+            cfg.max_steps
+        );
     }
     let plan = Arc::new(Plan {
         mode,
@@ -119,10 +146,18 @@ pub fn train(cfg: RunConfig, opts: &RunOptions) -> Result<RunReport> {
         micro: cfg.gradient_accumulation_steps as u32,
         start_step,
         stop_step,
-        lanes: wiring.nodes.iter().zip(&wiring.lanes).map(|(n, l)| (n.name.clone(), l.clone())).collect(),
+        lanes: wiring
+            .nodes
+            .iter()
+            .zip(&wiring.lanes)
+            .map(|(n, l)| (n.name.clone(), l.clone()))
+            .collect(),
     });
     let cfg = Arc::new(cfg);
-    super::ckpt::write_json_atomic(&logdir.join("config.resolved.json"), &serde_json::to_value(&*cfg)?)?;
+    super::ckpt::write_json_atomic(
+        &logdir.join("config.resolved.json"),
+        &serde_json::to_value(&*cfg)?,
+    )?;
     let metrics_path = logdir.join("metrics.jsonl");
     let metrics_file = std::fs::OpenOptions::new()
         .create(true)
@@ -140,7 +175,10 @@ pub fn train(cfg: RunConfig, opts: &RunOptions) -> Result<RunReport> {
         logdir: logdir.clone(),
         build: Arc::new(crate::actors::registry::build),
         resume: states,
-        stateful_kinds: crate::actors::registry::STATEFUL.iter().map(|s| s.to_string()).collect(),
+        stateful_kinds: crate::actors::registry::STATEFUL
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
         checkpoint_every: wiring.checkpoint_every.unwrap_or(cfg.log_iters),
     };
     let window = match mode {
@@ -154,11 +192,15 @@ pub fn train(cfg: RunConfig, opts: &RunOptions) -> Result<RunReport> {
     sup.metrics_file = Some(metrics_file);
     if wiring.checkpoint_every.is_some() || !setup.stateful().is_empty() {
         let (cfg2, logdir2) = (cfg.clone(), logdir.clone());
-        sup.checkpoint = Some(Box::new(move |step, states| super::ckpt::write(&logdir2, step, states, &cfg2, seed)));
+        sup.checkpoint = Some(Box::new(move |step, states| {
+            super::ckpt::write(&logdir2, step, states, &cfg2)
+        }));
     }
     let progress = super::progress::progress_bar(&cfg, &plan, opts.quiet);
     if let Some(pb) = progress.clone() {
-        sup.on_step = Some(Box::new(move |line| super::progress::progress_update(&pb, line)));
+        sup.on_step = Some(Box::new(move |line| {
+            super::progress::progress_update(&pb, line)
+        }));
     }
     let t0 = Instant::now();
     let stop_flag = super::signals::install();
@@ -193,6 +235,7 @@ pub fn train(cfg: RunConfig, opts: &RunOptions) -> Result<RunReport> {
         busy: sup.busy,
         spans: sup.spans,
         checkpoints: sup.checkpoints_written,
-        stopped_by_signal: sup.stop_requested || stop_flag.load(std::sync::atomic::Ordering::SeqCst),
+        stopped_by_signal: sup.stop_requested
+            || stop_flag.load(std::sync::atomic::Ordering::SeqCst),
     })
 }

@@ -18,8 +18,19 @@ pub fn render(cfg: &RunConfig, r: &RunReport) -> String {
         r.seed,
         if r.stopped_by_signal { " (stopped by signal)" } else { "" }
     );
-    let last = |k: &str| r.history.iter().rev().find_map(|l| l.get(k).and_then(|v| v.as_f64()));
-    for k in ["generator_loss", "critic_loss", "generator_grad_norm", "critic_grad_norm", "dmdtrain_gradient_norm"] {
+    let last = |k: &str| {
+        r.history
+            .iter()
+            .rev()
+            .find_map(|l| l.get(k).and_then(|v| v.as_f64()))
+    };
+    for k in [
+        "generator_loss",
+        "critic_loss",
+        "generator_grad_norm",
+        "critic_grad_norm",
+        "dmdtrain_gradient_norm",
+    ] {
         if let Some(v) = last(k) {
             let _ = writeln!(s, "  last {k:<24} {v:.5}");
         }
@@ -29,13 +40,74 @@ pub fn render(cfg: &RunConfig, r: &RunReport) -> String {
         let mut b: Vec<(&String, &f64)> = r.busy.iter().collect();
         b.sort_by(|a, b| b.1.total_cmp(a.1));
         for (a, t) in b {
-            let _ = writeln!(s, "  {a:<14} {t:8.2} s  {:5.1} %", 100.0 * t / r.wall_s.max(1e-9));
+            let _ = writeln!(
+                s,
+                "  {a:<14} {t:8.2} s  {:5.1} %",
+                100.0 * t / r.wall_s.max(1e-9)
+            );
         }
     }
-    let _ = writeln!(s, "outputs in {}:", crate::config::display_path(&cfg.logdir).display());
-    let _ = writeln!(s, "  config.resolved.json, metrics.jsonl ({} lines)", r.history.len());
+    let eval_path = std::path::Path::new(&cfg.logdir).join("eval.jsonl");
+    if let Ok(text) = std::fs::read_to_string(&eval_path) {
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        if let (Some(a), Some(b)) = (lines.first(), lines.last()) {
+            let _ = writeln!(
+                s,
+                "quality of the few-step generator against the exact teacher ({} samples):",
+                b["n"]
+            );
+            let _ = writeln!(
+                s,
+                "  {:<16} {:>12} {:>12}",
+                "metric",
+                format!("v{}", a["generator_version"]),
+                format!("v{}", b["generator_version"])
+            );
+            for k in [
+                "coverage",
+                "mass_err_max",
+                "precision",
+                "std_ratio",
+                "sliced_w2",
+                "cross_entropy",
+            ] {
+                let f = |v: &serde_json::Value| {
+                    v[k].as_f64()
+                        .map(|x| format!("{x:.4}"))
+                        .unwrap_or_else(|| "-".into())
+                };
+                let _ = writeln!(s, "  {k:<16} {:>12} {:>12}", f(a), f(b));
+            }
+            let _ = writeln!(
+                s,
+                "  (exact samples give sliced_w2 ≈ {}; see eval.jsonl)",
+                b["sliced_w2_floor"]
+                    .as_f64()
+                    .map(|x| format!("{x:.4}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    let _ = writeln!(
+        s,
+        "outputs in {}:",
+        crate::config::display_path(&cfg.logdir).display()
+    );
+    let _ = writeln!(
+        s,
+        "  config.resolved.json, metrics.jsonl ({} lines)",
+        r.history.len()
+    );
     if let Some(c) = r.checkpoints.last() {
-        let _ = writeln!(s, "  checkpoints: {} written, newest {}", r.checkpoints.len(), c.display());
+        let _ = writeln!(
+            s,
+            "  checkpoints: {} written, newest {}",
+            r.checkpoints.len(),
+            c.display()
+        );
     }
     s
 }

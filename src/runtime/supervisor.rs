@@ -98,7 +98,10 @@ impl Supervisor {
     }
 
     fn grant(&self) {
-        let upto = self.completed.saturating_add(self.window).min(self.plan.stop_step);
+        let upto = self
+            .completed
+            .saturating_add(self.window)
+            .min(self.plan.stop_step);
         self.credits.grant_upto(upto);
     }
 
@@ -107,7 +110,8 @@ impl Supervisor {
         self.items
             .values()
             .map(|lanes| {
-                lanes.iter().filter(|l| self.plan.lane_runs(**l, s)).count() * self.plan.micro as usize
+                lanes.iter().filter(|l| self.plan.lane_runs(**l, s)).count()
+                    * self.plan.micro as usize
             })
             .sum()
     }
@@ -124,17 +128,31 @@ impl Supervisor {
 
     pub fn handle(&mut self, ev: Event) {
         match ev {
-            Event::Scalars { step, actor: _, values } => {
+            Event::Scalars {
+                step,
+                actor: _,
+                values,
+            } => {
                 let m = self.scalars.entry(step).or_default();
                 for (k, v) in values {
                     m.insert(k, v);
                 }
             }
-            Event::Busy { actor, work, start, secs } => {
+            Event::Busy {
+                actor,
+                work,
+                start,
+                secs,
+            } => {
                 *self.busy.entry(actor.clone()).or_default() += secs;
                 let start_s = start.duration_since(self.t0).as_secs_f64();
                 if self.spans.len() < 200_000 {
-                    self.spans.push(Span { actor, work, start_s, secs });
+                    self.spans.push(Span {
+                        actor,
+                        work,
+                        start_s,
+                        secs,
+                    });
                 }
             }
             Event::Done { actor: _, work } => {
@@ -175,11 +193,19 @@ impl Supervisor {
         let mut line = serde_json::Map::new();
         line.insert("step".into(), s.into());
         line.insert("time_s".into(), (now - self.t0).as_secs_f64().into());
-        line.insert("step_time_s".into(), (now - self.step_t).as_secs_f64().into());
+        line.insert(
+            "step_time_s".into(),
+            (now - self.step_t).as_secs_f64().into(),
+        );
         self.step_t = now;
         if let Some(m) = self.scalars.remove(&s) {
             for (k, v) in m {
-                line.insert(k, serde_json::Number::from_f64(v).map(Into::into).unwrap_or(serde_json::Value::Null));
+                line.insert(
+                    k,
+                    serde_json::Number::from_f64(v)
+                        .map(Into::into)
+                        .unwrap_or(serde_json::Value::Null),
+                );
             }
         }
         let v = serde_json::Value::Object(line);
@@ -197,7 +223,9 @@ impl Supervisor {
         if have < self.stateful.len() {
             return;
         }
-        let Some(states) = self.states.remove(&step) else { return };
+        let Some(states) = self.states.remove(&step) else {
+            return;
+        };
         if let Some(cp) = &mut self.checkpoint {
             match cp(step, states) {
                 Ok(p) => self.checkpoints_written.push(p),

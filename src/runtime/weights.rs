@@ -57,9 +57,15 @@ impl WeightsHub {
         let mut g = self.lock();
         g.snapshots.insert(version, tensors);
         // Prune: keep the newest `keep`, and anything an every-version subscriber has not seen.
-        let min_needed = g.consumed.iter().map(|c| c.map(|v| v + 1).unwrap_or(0)).min();
+        let min_needed = g
+            .consumed
+            .iter()
+            .map(|c| c.map(|v| v + 1).unwrap_or(0))
+            .min();
         while g.snapshots.len() > g.keep {
-            let Some((&oldest, _)) = g.snapshots.iter().next() else { break };
+            let Some((&oldest, _)) = g.snapshots.iter().next() else {
+                break;
+            };
             if min_needed.is_some_and(|m| oldest >= m) {
                 break;
             }
@@ -147,5 +153,7 @@ pub fn copy_named(dst: &[(String, Tensor)], src: &[(String, Tensor)]) -> anyhow:
 /// Deep copy of named tensors (detached), e.g. to publish a snapshot.
 pub fn deep_copy(src: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
     let _g = tch::no_grad_guard();
-    src.iter().map(|(k, v)| (k.clone(), v.detach().copy())).collect()
+    src.iter()
+        .map(|(k, v)| (k.clone(), v.detach().copy()))
+        .collect()
 }

@@ -48,7 +48,11 @@ fn own_lane(n: &Node) -> Option<Lane> {
     match n.kind.as_str() {
         "rollout" => {
             let lane = n.params.get("lane").and_then(|v| v.as_str());
-            let grad = n.params.get("grad").and_then(|v| v.as_bool()).unwrap_or(false);
+            let grad = n
+                .params
+                .get("grad")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false);
             Some(match lane {
                 Some("g") | Some("generator") => Lane::Generator,
                 Some("c") | Some("critic") => Lane::Critic,
@@ -72,10 +76,16 @@ impl Wiring {
                 checkpoint_every = Some(every.unwrap_or(0));
             }
         }
-        let order: Vec<usize> =
-            g.topo_order().into_iter().filter(|&a| g.actors[a].kind != "checkpoint").collect();
-        let pos: BTreeMap<&str, usize> =
-            order.iter().enumerate().map(|(i, &a)| (g.actors[a].name.as_str(), i)).collect();
+        let order: Vec<usize> = g
+            .topo_order()
+            .into_iter()
+            .filter(|&a| g.actors[a].kind != "checkpoint")
+            .collect();
+        let pos: BTreeMap<&str, usize> = order
+            .iter()
+            .enumerate()
+            .map(|(i, &a)| (g.actors[a].name.as_str(), i))
+            .collect();
         let nodes: Vec<Node> = order
             .iter()
             .map(|&a| {
@@ -98,7 +108,11 @@ impl Wiring {
                 continue;
             };
             if e.ty == crate::graph::PortType::Weights {
-                weights.push(WeightsEdge { from, to, to_port: e.to.port.clone() });
+                weights.push(WeightsEdge {
+                    from,
+                    to,
+                    to_port: e.to.port.clone(),
+                });
             } else {
                 data.push(DataEdge {
                     from,
@@ -152,7 +166,10 @@ impl Wiring {
             }
         }
         for e in &mut self.data {
-            e.lanes = self.lanes[e.from].intersection(&self.lanes[e.to]).copied().collect();
+            e.lanes = self.lanes[e.from]
+                .intersection(&self.lanes[e.to])
+                .copied()
+                .collect();
         }
     }
 
