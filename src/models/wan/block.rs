@@ -29,13 +29,14 @@ impl Lin {
             Some(&self.b.to_kind(Kind::Float)),
         )
     }
-    /// Linear followed by GELU(tanh). Without autograd this is one cuBLASLt GEMM with a
-    /// bias+GELU epilogue (`_addmm_activation`, tanh approximation, as Wan's FFN); with grad it is
-    /// the plain differentiable composition (`_addmm_activation` has no derivative).
+    /// Linear followed by GELU(tanh). On CUDA without autograd this is one cuBLASLt GEMM with a
+    /// bias+GELU epilogue (`_addmm_activation`: tanh approximation on CUDA, as Wan's FFN; its CPU
+    /// kernel uses the exact GELU, so never on CPU); with grad it is the plain differentiable
+    /// composition (`_addmm_activation` has no derivative).
     fn fwd_gelu(&self, x: &Tensor, fused: bool) -> Tensor {
         let x = x.to_kind(self.w.kind());
         let s = x.size();
-        if fused && !grad_enabled() && s.len() >= 2 {
+        if fused && x.device().is_cuda() && !grad_enabled() && s.len() >= 2 {
             let rows: i64 = s[..s.len() - 1].iter().product();
             let mut out_shape = s.clone();
             *out_shape.last_mut().expect("non-empty") = self.w.size()[0];

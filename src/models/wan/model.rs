@@ -5,7 +5,7 @@
 //! RoPE run in float32; linears, attention and the residual stream between ops use the model's
 //! kind (the VarStore's: f32 on CPU tests, bf16 on GPU).
 
-pub(crate) use super::block::{sdpa, Attn, Block, Lin};
+pub(crate) use super::block::{Attn, Block, Lin};
 use super::block::{BlockHp, SelfKeys};
 use super::cache::{CausalOptions, KvCache};
 use super::config::WanConfig;
