@@ -55,6 +55,16 @@ impl Lin {
     }
 }
 
+thread_local! {
+    static CKPT_CALLS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// How many times a checkpointed block body ran on this thread (forward runs and backward
+/// recomputations; on CPU backward runs on the calling thread). For tests and diagnostics.
+pub fn checkpointed_block_calls() -> usize {
+    CKPT_CALLS.with(|c| c.get())
+}
+
 /// Whether autograd records operations right now (tch has no getter; a 0-d CPU leaf tells).
 pub(crate) fn grad_enabled() -> bool {
     let leaf = Tensor::zeros([], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
@@ -284,6 +294,7 @@ impl Block {
         let hp = *hp;
         let (cos, sin) = (cos.shallow_clone(), sin.shallow_clone());
         let f = move |ins: &[Tensor]| -> Vec<Tensor> {
+            CKPT_CALLS.with(|c| c.set(c.get() + 1));
             let (x, k, v) = blk.forward(&hp, &ins[0], &ins[1], &cos, &sin, &ins[2], &ins[3], &keys);
             vec![x, k, v]
         };
