@@ -2,7 +2,9 @@
 //! cond) with and without `checkpoint_blocks`, for the bidirectional forward and the causal GRAD
 //! pass over a KV cache.
 
-use stillflow::models::wan::{build_random, checkpointed_block_calls, CausalMode, KvCache, WanConfig, WanModel};
+use stillflow::models::wan::{
+    build_random, checkpointed_block_calls, CausalMode, KvCache, WanConfig, WanModel,
+};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
@@ -90,7 +92,11 @@ fn compare(
         }
     }
     // Every block parameter gets a gradient (modulation, attention, FFN, norms).
-    assert!(nonzero >= a.3.len() - 2, "{nonzero} of {} nonzero", a.3.len());
+    assert!(
+        nonzero >= a.3.len() - 2,
+        "{nonzero} of {} nonzero",
+        a.3.len()
+    );
 }
 
 #[test]
@@ -142,7 +148,13 @@ fn checkpointed_causal_grad_pass_has_identical_values_and_gradients() {
     assert_eq!(checkpointed_block_calls(), n0 + 4);
     compare(&ck, &plain);
     // Only the current block's frames receive a gradient (the past is detached).
-    assert_eq!(ck.1.narrow(1, 0, 2).abs().sum(Kind::Float).double_value(&[]), 0.0);
+    assert_eq!(
+        ck.1.narrow(1, 0, 2)
+            .abs()
+            .sum(Kind::Float)
+            .double_value(&[]),
+        0.0
+    );
 }
 
 #[test]

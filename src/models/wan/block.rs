@@ -29,24 +29,6 @@ impl Lin {
             Some(&self.b.to_kind(Kind::Float)),
         )
     }
-    /// Linear followed by GELU(tanh). On CUDA without autograd this is one cuBLASLt GEMM with a
-    /// bias+GELU epilogue (`_addmm_activation`: tanh approximation on CUDA, as Wan's FFN; its CPU
-    /// kernel uses the exact GELU, so never on CPU); with grad it is the plain differentiable
-    /// composition (`_addmm_activation` has no derivative).
-    fn fwd_gelu(&self, x: &Tensor, fused: bool) -> Tensor {
-        let x = x.to_kind(self.w.kind());
-        let s = x.size();
-        if fused && x.device().is_cuda() && !grad_enabled() && s.len() >= 2 {
-            let rows: i64 = s[..s.len() - 1].iter().product();
-            let mut out_shape = s.clone();
-            *out_shape.last_mut().expect("non-empty") = self.w.size()[0];
-            return self
-                .b
-                .internal_addmm_activation(&x.reshape([rows, s[s.len() - 1]]), &self.w.tr(), true)
-                .view(out_shape.as_slice());
-        }
-        x.linear(&self.w, Some(&self.b)).gelu("tanh")
-    }
     fn share(&self) -> Lin {
         Lin {
             w: self.w.shallow_clone(),
@@ -124,7 +106,6 @@ pub(crate) struct BlockHp {
     pub heads: i64,
     pub head_dim: i64,
     pub eps: f64,
-    pub fused_gelu: bool,
     /// [B, F, tokens per frame] of the query tokens.
     pub shape: [i64; 3],
 }
@@ -204,9 +185,9 @@ impl Block {
             t.to_kind(kind)
         };
         let modln = |x: &Tensor, shift: &Tensor, scale1: &Tensor| -> Tensor {
-            let xn = x
-                .view(per_frame)
-                .layer_norm([d], None::<&Tensor>, None::<&Tensor>, hp.eps, true);
+            let xn =
+                x.view(per_frame)
+                    .layer_norm([d], None::<&Tensor>, None::<&Tensor>, hp.eps, true);
             shift.addcmul(&xn, scale1).view([b, n, d])
         };
         let residual = |x: &Tensor, y: &Tensor, gate: &Tensor| -> Tensor {
@@ -232,7 +213,12 @@ impl Block {
                 &Tensor::cat(&[pv, &vt], 2),
                 None,
             ),
-            SelfKeys::Buffer { k: kb, v: vb, from, at } => {
+            SelfKeys::Buffer {
+                k: kb,
+                v: vb,
+                from,
+                at,
+            } => {
                 kb.narrow(1, *at, n).copy_(&k);
                 vb.narrow(1, *at, n).copy_(&v);
                 let len = at + n - from;
@@ -257,7 +243,7 @@ impl Block {
 
         // FFN: Linear → GELU(tanh) → Linear.
         let xn = modln(&x, &term(3, false), &term(4, true));
-        let y = self.ffn2.fwd(&self.ffn0.fwd_gelu(&xn, hp.fused_gelu));
+        let y = self.ffn2.fwd(&self.ffn0.fwd(&xn).gelu("tanh"));
         (residual(&x, &y, &term(5, false)), k, v)
     }
 
@@ -298,7 +284,15 @@ impl Block {
             let (x, k, v) = blk.forward(&hp, &ins[0], &ins[1], &cos, &sin, &ins[2], &ins[3], &keys);
             vec![x, k, v]
         };
-        let outs = checkpoint(f, &[x.shallow_clone(), e0.shallow_clone(), ck.shallow_clone(), cv.shallow_clone()]);
+        let outs = checkpoint(
+            f,
+            &[
+                x.shallow_clone(),
+                e0.shallow_clone(),
+                ck.shallow_clone(),
+                cv.shallow_clone(),
+            ],
+        );
         let mut it = outs.into_iter();
         let (x, k, v) = (
             it.next().expect("checkpoint output x"),

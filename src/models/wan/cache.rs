@@ -196,17 +196,25 @@ impl KvCache {
         device: Device,
     ) -> CallPlan {
         if self.tokens_per_frame != 0 && !self.frames.is_empty() {
-            assert_eq!(self.tokens_per_frame, tpf, "KvCache: tokens per frame changed");
+            assert_eq!(
+                self.tokens_per_frame, tpf,
+                "KvCache: tokens per frame changed"
+            );
         }
         self.tokens_per_frame = tpf;
         let pos = self.visible_slots(start, frames, opts);
         let contiguous = pos.windows(2).all(|w| w[1] == w[0] + 1);
-        let tail = pos.last().map_or(true, |&p| p + 1 == self.frames.len() as i64);
+        let tail = pos
+            .last()
+            .is_none_or(|&p| p + 1 == self.frames.len() as i64);
         if !grad && contiguous && tail && (!pos.is_empty() || self.frames.is_empty()) {
             let committed = self.frames.len() as i64 * tpf;
             self.ensure_capacity(committed + frames * tpf, shape, kind, device);
             let from = pos.first().map_or(committed, |&p| p * tpf);
-            return CallPlan::InPlace { from, at: committed };
+            return CallPlan::InPlace {
+                from,
+                at: committed,
+            };
         }
         if pos.is_empty() {
             return CallPlan::Concat(None);
@@ -224,7 +232,11 @@ impl KvCache {
         for slot in self.bufs.iter_mut() {
             let cap = slot.as_ref().map_or(0, |(k, _)| k.size()[1]);
             if let Some((k, _)) = slot.as_ref() {
-                assert_eq!(k.size()[0], b, "KvCache: batch size changed (one cache per batch)");
+                assert_eq!(
+                    k.size()[0],
+                    b,
+                    "KvCache: batch size changed (one cache per batch)"
+                );
             }
             if cap >= tokens {
                 continue;
@@ -274,7 +286,13 @@ impl KvCache {
 
     /// Writes frames [start, start+frames) (already in the buffers for an in-place plan, staged
     /// otherwise), drops cached frames ≥ start and evicts frames that left the window.
-    pub(crate) fn commit(&mut self, start: i64, frames: i64, opts: &CausalOptions, plan: &CallPlan) {
+    pub(crate) fn commit(
+        &mut self,
+        start: i64,
+        frames: i64,
+        opts: &CausalOptions,
+        plan: &CallPlan,
+    ) {
         let tpf = self.tokens_per_frame;
         let end = start + frames;
         let keep = self.visible_slots(start, frames, opts);

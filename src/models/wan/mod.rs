@@ -2,7 +2,6 @@
 //! at any size, with parameters named exactly like Wan's original state dict.
 //! See docs/WAN.md for the layout, the precision policy and the diffusers key mapping.
 
-pub mod attention;
 mod block;
 pub mod cache;
 pub mod config;

@@ -7,11 +7,11 @@
 
 pub(crate) use super::block::{Attn, Block, Lin};
 use super::block::{BlockHp, SelfKeys};
+use super::cache::CallPlan;
 use super::cache::{CausalOptions, KvCache};
 use super::config::WanConfig;
 use super::rope::{rope_tables_interleaved, sinusoidal_embedding};
 use anyhow::Result;
-use super::cache::CallPlan;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use tch::nn::{Init, Path};
@@ -64,9 +64,6 @@ pub struct WanModel {
     /// `crate::cuda::checkpoint` (its activations are recomputed in backward). Same values and
     /// gradients; parameter gradients reach `.grad` only through a plain `backward()`.
     pub checkpoint_blocks: bool,
-    /// FFN first linear + GELU(tanh) as one cuBLASLt GEMM with a bias+GELU epilogue when no graph
-    /// is recorded (default true; false gives the unfused composition everywhere).
-    pub fused_gelu: bool,
     pub(crate) patch_w: Tensor,
     pub(crate) patch_b: Tensor,
     pub(crate) text0: Lin,
@@ -131,7 +128,6 @@ impl WanModel {
             cfg,
             causal: CausalOptions::default(),
             checkpoint_blocks: false,
-            fused_gelu: true,
             rope: Mutex::new(HashMap::new()),
         })
     }
@@ -285,7 +281,6 @@ impl WanModel {
             heads: self.cfg.num_heads,
             head_dim: self.cfg.head_dim(),
             eps: self.cfg.eps,
-            fused_gelu: self.fused_gelu,
             shape: [emb.batch, f, gh * gw],
         };
         let (cos, sin) = self.rope_for(emb.grid, start_frame);

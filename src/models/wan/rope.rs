@@ -98,8 +98,8 @@ pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
 pub fn sinusoidal_embedding(dim: i64, t: &Tensor) -> Tensor {
     let half = dim / 2;
     // ω on t's device (a host table would be an H2D copy, i.e. a sync, on every call).
-    let omega = (Tensor::arange(half, (Kind::Double, t.device())) * (-(10000f64.ln()) / half as f64))
-        .exp();
+    let omega =
+        (Tensor::arange(half, (Kind::Double, t.device())) * (-(10000f64.ln()) / half as f64)).exp();
     let args = t.to_kind(Kind::Double).reshape([-1, 1]) * omega.view([1, half]);
     Tensor::cat(&[args.cos(), args.sin()], 1)
 }
