@@ -160,7 +160,7 @@ fn rewriting_a_block_overwrites_its_slot() {
     assert!(max_rel(&o, &r.narrow(1, 3, 3)) <= 1e-5);
     let k1 = cache.keys(1).unwrap();
     let k2 = fresh.keys(1).unwrap();
-    assert!(max_rel(k1, k2) <= 1e-5);
+    assert!(max_rel(&k1, &k2) <= 1e-5);
 }
 
 #[test]

@@ -6,8 +6,10 @@
 //! rolling cache of L·tokens_per_frame tokens holds after a write: the S sink frames plus the most
 //! recent L − S frames (current block included); with e ≤ L nothing has been evicted yet.
 
+use super::block::SelfKeys;
 use super::model::{SelfPlan, WanModel};
-use tch::Tensor;
+
+use tch::{Device, Kind, Tensor};
 
 /// Block-causal options of the generator.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -85,11 +87,17 @@ impl CausalMode {
     };
 }
 
-/// Per-rollout cache: self-attention K/V of written frames ([B, heads, tokens, d] per layer,
-/// always detached, RoPE applied at absolute positions) and the text K/V. One cache per
+/// Per-rollout cache: self-attention K/V of written frames and the text K/V. One cache per
 /// (rollout, prompt batch): the text K/V are reused by every no-grad call.
+///
+/// Storage: per layer a preallocated pair of buffers [B, capacity, heads, d] (always detached,
+/// RoPE applied at absolute positions) whose first `frames.len()·tokens_per_frame` tokens are the
+/// written frames in `frames` order. A no-grad call whose visible past is the tail of that prefix
+/// (the usual case) writes its own K/V right after it with `narrow(..).copy_` and attends over one
+/// view of the buffer: no concatenation; the context pass then only commits the frames. Other
+/// calls (GRAD, rewrites, sink windows) concatenate [sg(past); current] as before.
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    bufs: Vec<Option<(Tensor, Tensor)>>,
     pending: Vec<Option<(Tensor, Tensor)>>,
     /// Absolute frame index of each cached frame, ascending (same for every layer).
     frames: Vec<i64>,
@@ -97,10 +105,23 @@ pub struct KvCache {
     cross: Option<Vec<(Tensor, Tensor)>>,
 }
 
+/// How one forward call uses the cache (decided once per call, same for every layer).
+pub(crate) enum CallPlan {
+    /// Write the current K/V at token `at` of the buffers, attend over tokens [from, at + n).
+    InPlace { from: i64, at: i64 },
+    /// Concatenate the selected past tokens (if any) before the current K/V.
+    Concat(Option<PastSel>),
+}
+
+pub(crate) enum PastSel {
+    Range(i64, i64),
+    Index(Tensor),
+}
+
 impl KvCache {
     pub fn new(num_layers: usize) -> KvCache {
         KvCache {
-            layers: (0..num_layers).map(|_| None).collect(),
+            bufs: (0..num_layers).map(|_| None).collect(),
             pending: (0..num_layers).map(|_| None).collect(),
             frames: Vec::new(),
             tokens_per_frame: 0,
@@ -108,9 +129,13 @@ impl KvCache {
         }
     }
 
+    pub(crate) fn num_layers(&self) -> usize {
+        self.bufs.len()
+    }
+
     /// Drops everything (new rollout / new prompts).
     pub fn reset(&mut self) {
-        let n = self.layers.len();
+        let n = self.bufs.len();
         *self = KvCache::new(n);
     }
 
@@ -119,92 +144,195 @@ impl KvCache {
         &self.frames
     }
 
-    /// Cached K of one layer [B, heads, tokens, d], if any.
-    pub fn keys(&self, layer: usize) -> Option<&Tensor> {
-        self.layers.get(layer)?.as_ref().map(|(k, _)| k)
+    /// Cached K of one layer [B, heads, tokens, d] (a view), if any frame is cached.
+    pub fn keys(&self, layer: usize) -> Option<Tensor> {
+        let (k, _) = self.bufs.get(layer)?.as_ref()?;
+        if self.frames.is_empty() {
+            return None;
+        }
+        let n = self.frames.len() as i64 * self.tokens_per_frame;
+        Some(k.narrow(1, 0, n).transpose(1, 2))
     }
 
     pub fn has_text_kv(&self) -> bool {
         self.cross.is_some()
     }
 
-    /// Detached K/V of the cached frames visible to the block [start, start+frames).
-    pub(crate) fn past(
-        &self,
-        layer: usize,
-        start: i64,
-        frames: i64,
-        opts: &CausalOptions,
-    ) -> Option<(Tensor, Tensor)> {
-        let (k, v) = self.layers.get(layer)?.as_ref()?;
+    pub(crate) fn text_kv(&self) -> Option<Vec<(Tensor, Tensor)>> {
+        self.cross.as_ref().map(|c| {
+            c.iter()
+                .map(|(k, v)| (k.shallow_clone(), v.shallow_clone()))
+                .collect()
+        })
+    }
+
+    pub(crate) fn set_text_kv(&mut self, kv: Vec<(Tensor, Tensor)>) {
+        self.cross = Some(kv);
+    }
+
+    /// Slots (positions in `frames`) of the cached frames visible to the block [start, start+f).
+    fn visible_slots(&self, start: i64, frames: i64, opts: &CausalOptions) -> Vec<i64> {
         let end = start + frames;
-        let pos: Vec<i64> = (0..self.frames.len() as i64)
+        (0..self.frames.len() as i64)
             .filter(|&p| {
                 let j = self.frames[p as usize];
                 j < start && opts.visible(j, end)
             })
-            .collect();
-        if pos.is_empty() {
-            return None;
-        }
-        let tpf = self.tokens_per_frame;
-        let contiguous = pos.windows(2).all(|w| w[1] == w[0] + 1);
-        if contiguous {
-            let (a, n) = (pos[0] * tpf, pos.len() as i64 * tpf);
-            return Some((k.narrow(2, a, n), v.narrow(2, a, n)));
-        }
-        let idx = token_index(&pos, tpf, k.device());
-        Some((k.index_select(2, &idx), v.index_select(2, &idx)))
+            .collect()
     }
 
-    pub(crate) fn stage(&mut self, layer: usize, k: Tensor, v: Tensor) {
-        self.pending[layer] = Some((k, v));
-    }
-
-    /// Writes the staged K/V of frames [start, start+frames) and applies the window.
-    pub(crate) fn commit(&mut self, start: i64, frames: i64, tpf: i64, opts: &CausalOptions) {
-        if self.tokens_per_frame != 0 {
+    /// Decides how the call for frames [start, start+frames) reads (and maybe writes) the cache.
+    /// `shape` = [B, heads, head_dim] of the K/V; in-place needs no graph (`grad` false).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn plan(
+        &mut self,
+        start: i64,
+        frames: i64,
+        tpf: i64,
+        grad: bool,
+        opts: &CausalOptions,
+        shape: [i64; 3],
+        kind: Kind,
+        device: Device,
+    ) -> CallPlan {
+        if self.tokens_per_frame != 0 && !self.frames.is_empty() {
             assert_eq!(
                 self.tokens_per_frame, tpf,
                 "KvCache: tokens per frame changed"
             );
         }
         self.tokens_per_frame = tpf;
-        let end = start + frames;
-        // Keep old frames < start that stay visible to later blocks, then append the new ones.
-        let keep: Vec<i64> = (0..self.frames.len() as i64)
-            .filter(|&p| {
-                let j = self.frames[p as usize];
-                j < start && opts.visible(j, end)
-            })
-            .collect();
-        let all_kept = keep.len() == self.frames.len();
-        let prefix_kept = keep.iter().enumerate().all(|(i, &p)| p == i as i64);
-        for li in 0..self.layers.len() {
-            let Some((nk, nv)) = self.pending[li].take() else {
-                panic!("KvCache: layer {li} was not staged");
+        let pos = self.visible_slots(start, frames, opts);
+        let contiguous = pos.windows(2).all(|w| w[1] == w[0] + 1);
+        let tail = pos
+            .last()
+            .is_none_or(|&p| p + 1 == self.frames.len() as i64);
+        if !grad && contiguous && tail && (!pos.is_empty() || self.frames.is_empty()) {
+            let committed = self.frames.len() as i64 * tpf;
+            self.ensure_capacity(committed + frames * tpf, shape, kind, device);
+            let from = pos.first().map_or(committed, |&p| p * tpf);
+            return CallPlan::InPlace {
+                from,
+                at: committed,
             };
-            let old = self.layers[li].take();
-            let merged = match old {
-                Some((k, v)) if !keep.is_empty() => {
-                    let (k, v) = if all_kept {
-                        (k, v)
-                    } else if prefix_kept {
-                        let n = keep.len() as i64 * tpf;
-                        (k.narrow(2, 0, n), v.narrow(2, 0, n))
-                    } else {
-                        let idx = token_index(&keep, tpf, k.device());
-                        (k.index_select(2, &idx), v.index_select(2, &idx))
-                    };
-                    (Tensor::cat(&[k, nk], 2), Tensor::cat(&[v, nv], 2))
-                }
-                _ => (nk, nv),
-            };
-            self.layers[li] = Some(merged);
         }
-        let mut frames: Vec<i64> = keep.iter().map(|&p| self.frames[p as usize]).collect();
-        frames.extend(start..end);
-        self.frames = frames;
+        if pos.is_empty() {
+            return CallPlan::Concat(None);
+        }
+        if contiguous {
+            return CallPlan::Concat(Some(PastSel::Range(pos[0] * tpf, pos.len() as i64 * tpf)));
+        }
+        CallPlan::Concat(Some(PastSel::Index(token_index(&pos, tpf, device))))
+    }
+
+    /// Grows every layer's buffers to hold `tokens` (doubling), keeping the committed tokens.
+    fn ensure_capacity(&mut self, tokens: i64, shape: [i64; 3], kind: Kind, device: Device) {
+        let [b, h, d] = shape;
+        let committed = self.frames.len() as i64 * self.tokens_per_frame;
+        for slot in self.bufs.iter_mut() {
+            let cap = slot.as_ref().map_or(0, |(k, _)| k.size()[1]);
+            if let Some((k, _)) = slot.as_ref() {
+                assert_eq!(
+                    k.size()[0],
+                    b,
+                    "KvCache: batch size changed (one cache per batch)"
+                );
+            }
+            if cap >= tokens {
+                continue;
+            }
+            let new_cap = tokens.max(2 * cap);
+            let nk = Tensor::empty([b, new_cap, h, d], (kind, device));
+            let nv = Tensor::empty([b, new_cap, h, d], (kind, device));
+            if let Some((k, v)) = slot.take() {
+                if committed > 0 {
+                    nk.narrow(1, 0, committed).copy_(&k.narrow(1, 0, committed));
+                    nv.narrow(1, 0, committed).copy_(&v.narrow(1, 0, committed));
+                }
+            }
+            *slot = Some((nk, nv));
+        }
+    }
+
+    /// The self-attention keys of `layer` for this call's plan.
+    pub(crate) fn self_keys(&self, layer: usize, plan: &CallPlan) -> SelfKeys {
+        let buf = self.bufs[layer].as_ref();
+        match plan {
+            CallPlan::InPlace { from, at } => {
+                let (k, v) = buf.expect("KvCache: in-place plan without buffers");
+                SelfKeys::Buffer {
+                    k: k.shallow_clone(),
+                    v: v.shallow_clone(),
+                    from: *from,
+                    at: *at,
+                }
+            }
+            CallPlan::Concat(None) => SelfKeys::Full,
+            CallPlan::Concat(Some(sel)) => {
+                let (k, v) = buf.expect("KvCache: past frames without buffers");
+                let (k, v) = match sel {
+                    PastSel::Range(a, n) => (k.narrow(1, *a, *n), v.narrow(1, *a, *n)),
+                    PastSel::Index(idx) => (k.index_select(1, idx), v.index_select(1, idx)),
+                };
+                SelfKeys::Concat(k.transpose(1, 2), v.transpose(1, 2))
+            }
+        }
+    }
+
+    /// Stages the current K/V [B, n, heads, d] (detached) of a concatenating call for `commit`.
+    pub(crate) fn stage(&mut self, layer: usize, k: Tensor, v: Tensor) {
+        self.pending[layer] = Some((k, v));
+    }
+
+    /// Writes frames [start, start+frames) (already in the buffers for an in-place plan, staged
+    /// otherwise), drops cached frames ≥ start and evicts frames that left the window.
+    pub(crate) fn commit(
+        &mut self,
+        start: i64,
+        frames: i64,
+        opts: &CausalOptions,
+        plan: &CallPlan,
+    ) {
+        let tpf = self.tokens_per_frame;
+        let end = start + frames;
+        let keep = self.visible_slots(start, frames, opts);
+        let mut new_frames: Vec<i64> = keep.iter().map(|&p| self.frames[p as usize]).collect();
+        new_frames.extend(start..end);
+        match plan {
+            CallPlan::InPlace { from, at } => {
+                // The kept frames are the slots [from/tpf, at/tpf), followed by the new tokens.
+                if *from > 0 {
+                    let n = at + frames * tpf - from;
+                    for slot in self.bufs.iter_mut() {
+                        if let Some((k, v)) = slot.as_mut() {
+                            let (nk, nv) = (k.empty_like(), v.empty_like());
+                            nk.narrow(1, 0, n).copy_(&k.narrow(1, *from, n));
+                            nv.narrow(1, 0, n).copy_(&v.narrow(1, *from, n));
+                            *slot = Some((nk, nv));
+                        }
+                    }
+                }
+            }
+            CallPlan::Concat(_) => {
+                for li in 0..self.bufs.len() {
+                    let Some((nk, nv)) = self.pending[li].take() else {
+                        panic!("KvCache: layer {li} was not staged");
+                    };
+                    let merged = match self.bufs[li].as_ref() {
+                        Some((k, v)) if !keep.is_empty() => {
+                            let idx = token_index(&keep, tpf, k.device());
+                            (
+                                Tensor::cat(&[k.index_select(1, &idx), nk], 1),
+                                Tensor::cat(&[v.index_select(1, &idx), nv], 1),
+                            )
+                        }
+                        _ => (nk, nv),
+                    };
+                    self.bufs[li] = Some(merged);
+                }
+            }
+        }
+        self.frames = new_frames;
     }
 }
 
@@ -259,10 +387,10 @@ impl WanModel {
             Some(tch::no_grad_guard())
         };
         assert_eq!(
-            cache.layers.len(),
+            cache.num_layers(),
             self.blocks.len(),
             "KvCache has {} layers, model {}",
-            cache.layers.len(),
+            cache.num_layers(),
             self.blocks.len()
         );
         assert_eq!(
@@ -276,33 +404,41 @@ impl WanModel {
             // Exit step: the text K/V must carry gradients to the text/cross-attn weights.
             self.cross_kv(&self.embed_text(cond))
         } else {
-            if cache.cross.is_none() {
-                cache.cross = Some(self.cross_kv(&self.embed_text(cond)));
+            if !cache.has_text_kv() {
+                cache.set_text_kv(self.cross_kv(&self.embed_text(cond)));
             }
-            cache
-                .cross
-                .as_ref()
-                .map(|c| {
-                    c.iter()
-                        .map(|(k, v)| (k.shallow_clone(), v.shallow_clone()))
-                        .collect()
-                })
-                .unwrap_or_default()
+            cache.text_kv().unwrap_or_default()
         };
         let tpf = emb.grid[1] * emb.grid[2];
+        let plan = cache.plan(
+            start_frame,
+            f,
+            tpf,
+            mode.grad,
+            &self.causal,
+            [emb.batch, self.cfg.num_heads, self.cfg.head_dim()],
+            self.kind(),
+            x_block.device(),
+        );
+        let commit = mode.write_cache.then(|| match &plan {
+            CallPlan::InPlace { from, at } => CallPlan::InPlace {
+                from: *from,
+                at: *at,
+            },
+            CallPlan::Concat(_) => CallPlan::Concat(None),
+        });
         let out = self.run_blocks(
             &emb,
             &cross,
             start_frame,
             SelfPlan::Cache {
-                cache,
-                start_frame,
-                frames: f,
+                cache: &mut *cache,
+                plan,
                 write: mode.write_cache,
             },
         );
-        if mode.write_cache {
-            cache.commit(start_frame, f, tpf, &self.causal);
+        if let Some(cp) = commit {
+            cache.commit(start_frame, f, &self.causal, &cp);
         }
         self.head_out(&emb, &out)
     }

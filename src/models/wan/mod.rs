@@ -2,12 +2,14 @@
 //! at any size, with parameters named exactly like Wan's original state dict.
 //! See docs/WAN.md for the layout, the precision policy and the diffusers key mapping.
 
+mod block;
 pub mod cache;
 pub mod config;
 pub mod init;
 pub mod model;
 pub mod rope;
 
+pub use block::checkpointed_block_calls;
 pub use cache::{block_causal_mask, CausalMode, CausalOptions, KvCache};
 pub use config::{WanConfig, PRESETS};
 pub use init::init_random;

@@ -5,19 +5,17 @@
 //! RoPE run in float32; linears, attention and the residual stream between ops use the model's
 //! kind (the VarStore's: f32 on CPU tests, bf16 on GPU).
 
+pub(crate) use super::block::{Attn, Block, Lin};
+use super::block::{BlockHp, SelfKeys};
+use super::cache::CallPlan;
 use super::cache::{CausalOptions, KvCache};
 use super::config::WanConfig;
-use super::rope::{apply_rope, rope_tables, sinusoidal_embedding};
+use super::rope::{rope_tables_interleaved, sinusoidal_embedding};
 use anyhow::Result;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use tch::nn::{Init, Path};
 use tch::{Kind, Tensor};
-
-pub(crate) struct Lin {
-    pub w: Tensor,
-    pub b: Tensor,
-}
 
 impl Lin {
     fn new(p: &Path, i: i64, o: i64) -> Lin {
@@ -26,26 +24,6 @@ impl Lin {
             b: p.var("bias", &[o], Init::Const(0.)),
         }
     }
-    /// In the weights' kind (the input is cast).
-    fn fwd(&self, x: &Tensor) -> Tensor {
-        x.to_kind(self.w.kind()).linear(&self.w, Some(&self.b))
-    }
-    /// In float32 whatever the weights' kind (Wan's autocast(float32) regions).
-    fn fwd_f32(&self, x: &Tensor) -> Tensor {
-        x.to_kind(Kind::Float).linear(
-            &self.w.to_kind(Kind::Float),
-            Some(&self.b.to_kind(Kind::Float)),
-        )
-    }
-}
-
-pub(crate) struct Attn {
-    pub q: Lin,
-    pub k: Lin,
-    pub v: Lin,
-    pub o: Lin,
-    pub norm_q: Tensor,
-    pub norm_k: Tensor,
 }
 
 impl Attn {
@@ -61,28 +39,17 @@ impl Attn {
     }
 }
 
-pub(crate) struct Block {
-    pub self_attn: Attn,
-    pub cross_attn: Attn,
-    pub norm3_w: Tensor,
-    pub norm3_b: Tensor,
-    pub ffn0: Lin,
-    pub ffn2: Lin,
-    pub modulation: Tensor,
-}
-
 /// How self-attention finds its keys (see `cache.rs` for the cached form).
 pub(crate) enum SelfPlan<'a> {
     /// Bidirectional over the input tokens.
     Full,
     /// Over the input tokens with a boolean mask [N, N] (true = attend).
     Mask(Tensor),
-    /// Over [sg(cached past K/V in the window); current K/V]; optionally stage the current K/V
-    /// for writing.
+    /// Through the KV cache with a plan decided for the whole call; `write` stages the current
+    /// K/V of concatenating calls for the commit.
     Cache {
         cache: &'a mut KvCache,
-        start_frame: i64,
-        frames: i64,
+        plan: CallPlan,
         write: bool,
     },
 }
@@ -92,6 +59,11 @@ pub struct WanModel {
     pub cfg: WanConfig,
     /// Block-causal options used by `forward_causal` / `forward_full_causal`.
     pub causal: CausalOptions,
+    /// Activation checkpointing of the transformer blocks (config key `gradient_checkpointing`):
+    /// when autograd records and something needs a gradient, each block runs through
+    /// `crate::cuda::checkpoint` (its activations are recomputed in backward). Same values and
+    /// gradients; parameter gradients reach `.grad` only through a plain `backward()`.
+    pub checkpoint_blocks: bool,
     pub(crate) patch_w: Tensor,
     pub(crate) patch_b: Tensor,
     pub(crate) text0: Lin,
@@ -102,6 +74,7 @@ pub struct WanModel {
     pub(crate) blocks: Vec<Block>,
     pub(crate) head: Lin,
     pub(crate) head_mod: Tensor,
+    /// RoPE tables per (grid, start_frame), in the compute kind (see `rope_for`).
     rope: Mutex<HashMap<[i64; 4], (Tensor, Tensor)>>,
 }
 
@@ -154,6 +127,7 @@ impl WanModel {
                 .var("modulation", &[1, 2, d], Init::Const(0.)),
             cfg,
             causal: CausalOptions::default(),
+            checkpoint_blocks: false,
             rope: Mutex::new(HashMap::new()),
         })
     }
@@ -253,9 +227,9 @@ impl WanModel {
         x.view([s[0], s[1], self.cfg.num_heads, self.cfg.head_dim()])
     }
 
+    /// RMSNorm in the input's kind (ATen accumulates bf16 in f32).
     fn rms(&self, x: &Tensor, w: &Tensor) -> Tensor {
-        x.to_kind(Kind::Float)
-            .rms_norm([self.cfg.dim], Some(&w.to_kind(Kind::Float)), self.cfg.eps)
+        x.rms_norm([self.cfg.dim], Some(w), self.cfg.eps)
     }
 
     /// Cross-attention K/V of every layer, [B, heads, L, d] each.
@@ -272,15 +246,21 @@ impl WanModel {
             .collect()
     }
 
-    /// cos/sin tables for a grid starting at `start_frame` (cached per shape).
+    /// Interleaved cos/sin tables in the compute kind for a grid starting at `start_frame`
+    /// (cached per shape and kind: built once on the host, then no host work per call).
     pub(crate) fn rope_for(&self, grid: [i64; 3], start_frame: i64) -> (Tensor, Tensor) {
         let key = [grid[0], grid[1], grid[2], start_frame];
+        let kind = self.kind();
         let mut map = self.rope.lock().unwrap_or_else(|p| p.into_inner());
+        if map.get(&key).is_some_and(|(c, _)| c.kind() != kind) {
+            map.remove(&key);
+        }
         let (c, s) = map.entry(key).or_insert_with(|| {
-            rope_tables(
+            rope_tables_interleaved(
                 grid,
                 start_frame,
                 self.cfg.rope_split(),
+                kind,
                 self.patch_w.device(),
             )
         });
@@ -295,91 +275,43 @@ impl WanModel {
         start_frame: i64,
         mut plan: SelfPlan,
     ) -> Tensor {
-        let kind = self.kind();
-        let (b, d) = (emb.batch, self.cfg.dim);
         let [f, gh, gw] = emb.grid;
-        let n = f * gh * gw;
-        let per_frame = [b, f, gh * gw, d];
+        let hp = BlockHp {
+            dim: self.cfg.dim,
+            heads: self.cfg.num_heads,
+            head_dim: self.cfg.head_dim(),
+            eps: self.cfg.eps,
+            shape: [emb.batch, f, gh * gw],
+        };
         let (cos, sin) = self.rope_for(emb.grid, start_frame);
         let mut x = emb.x.shallow_clone();
         for (li, blk) in self.blocks.iter().enumerate() {
-            // m = modulation + e0 in f32: [B, F, 6, 1, dim] → six [B, F, 1, dim] terms.
-            let m = (blk.modulation.to_kind(Kind::Float).unsqueeze(0) + &emb.e0).unsqueeze(3);
-            let term = |j: i64| m.select(2, j);
-            let modln = |x: &Tensor, shift: &Tensor, scale: &Tensor| -> Tensor {
-                let xn = x.to_kind(Kind::Float).view(per_frame).layer_norm(
-                    [d],
-                    None::<&Tensor>,
-                    None::<&Tensor>,
-                    self.cfg.eps,
-                    true,
-                );
-                (xn * (scale + 1.0) + shift).to_kind(kind).view([b, n, d])
-            };
-            let residual = |x: &Tensor, y: &Tensor, gate: &Tensor| -> Tensor {
-                (x.to_kind(Kind::Float).view(per_frame)
-                    + y.to_kind(Kind::Float).view(per_frame) * gate)
-                    .to_kind(kind)
-                    .view([b, n, d])
-            };
-
-            // Self-attention: RMSNorm over the full dim on q and k, RoPE, SDPA.
-            let a = &blk.self_attn;
-            let xn = modln(&x, &term(0), &term(1));
-            let q = apply_rope(&self.heads(&self.rms(&a.q.fwd(&xn), &a.norm_q)), &cos, &sin);
-            let k = apply_rope(&self.heads(&self.rms(&a.k.fwd(&xn), &a.norm_k)), &cos, &sin);
-            let q = q.to_kind(kind).transpose(1, 2);
-            let k = k.to_kind(kind).transpose(1, 2);
-            let v = self.heads(&a.v.fwd(&xn)).transpose(1, 2);
-            let y = match &mut plan {
-                SelfPlan::Full => sdpa(&q, &k, &v, None),
-                SelfPlan::Mask(mask) => sdpa(&q, &k, &v, Some(mask)),
-                SelfPlan::Cache {
-                    cache,
-                    start_frame,
-                    frames,
-                    write,
-                } => {
-                    let (kk, vv) = match cache.past(li, *start_frame, *frames, &self.causal) {
-                        Some((pk, pv)) => (
-                            Tensor::cat(&[pk, k.shallow_clone()], 2),
-                            Tensor::cat(&[pv, v.shallow_clone()], 2),
-                        ),
-                        None => (k.shallow_clone(), v.shallow_clone()),
-                    };
-                    if *write {
-                        cache.stage(li, k.detach(), v.detach());
-                    }
-                    sdpa(&q, &kk, &vv, None)
-                }
-            };
-            let y = a.o.fwd(&y.transpose(1, 2).reshape([b, n, d]));
-            x = residual(&x, &y, &term(2));
-
-            // Cross-attention on the affine-LN'd x (norm3), no modulation, no gate.
-            let c = &blk.cross_attn;
-            let xn = x
-                .to_kind(Kind::Float)
-                .layer_norm(
-                    [d],
-                    Some(&blk.norm3_w.to_kind(Kind::Float)),
-                    Some(&blk.norm3_b.to_kind(Kind::Float)),
-                    self.cfg.eps,
-                    true,
-                )
-                .to_kind(kind);
-            let q = self
-                .heads(&self.rms(&c.q.fwd(&xn), &c.norm_q).to_kind(kind))
-                .transpose(1, 2);
             let (ck, cv) = &cross[li];
-            let y = sdpa(&q, ck, cv, None);
-            // Out of place on purpose: `x +=` would mutate a tensor saved for backward.
-            x = x.g_add(&c.o.fwd(&y.transpose(1, 2).reshape([b, n, d])));
-
-            // FFN: Linear → GELU(tanh) → Linear.
-            let xn = modln(&x, &term(3), &term(4));
-            let y = blk.ffn2.fwd(&blk.ffn0.fwd(&xn).gelu("tanh"));
-            x = residual(&x, &y, &term(5));
+            let (keys, stage) = match &mut plan {
+                SelfPlan::Full => (SelfKeys::Full, false),
+                SelfPlan::Mask(m) => (SelfKeys::Mask(m.shallow_clone()), false),
+                SelfPlan::Cache { cache, plan, write } => (
+                    cache.self_keys(li, plan),
+                    *write && matches!(plan, CallPlan::Concat(_)),
+                ),
+            };
+            let (y, k, v) = blk.forward_maybe_ckpt(
+                self.checkpoint_blocks,
+                &hp,
+                &x,
+                &emb.e0,
+                &cos,
+                &sin,
+                ck,
+                cv,
+                keys,
+            );
+            if stage {
+                if let SelfPlan::Cache { cache, .. } = &mut plan {
+                    cache.stage(li, k.detach(), v.detach());
+                }
+            }
+            x = y;
         }
         x
     }
@@ -407,11 +339,6 @@ impl WanModel {
             .reshape([b, f * pt, c, gh * ph, gw * pw])
             .to_kind(emb.out_kind)
     }
-}
-
-/// SDPA over [B, heads, N, d] tensors.
-pub(crate) fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Tensor {
-    Tensor::scaled_dot_product_attention(q, k, v, mask, 0.0, false, None::<f64>, false)
 }
 
 impl crate::models::Denoiser for WanModel {
