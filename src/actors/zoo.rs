@@ -169,6 +169,7 @@ pub fn build(
             sink_size: cfg.sink_size,
         };
         crate::models::wan::init::init_random(&m, &key);
+        m.checkpoint_blocks = cfg.gradient_checkpointing;
         if !wc_is_tiny(name) {
             eprintln!("RANDOM WEIGHTS: `{role}` is the preset `{name}` with Wan's random initialisation (no weights loaded)");
         }
@@ -177,6 +178,13 @@ pub fn build(
         let (loaded_vs, m) = crate::models::wan::load_or_build(name, device, kind)
             .with_context(|| format!("loading `{role}` weights from `{name}`"))?;
         vs = loaded_vs;
+        let mut m = m;
+        m.checkpoint_blocks = cfg.gradient_checkpointing;
+        m.causal = CausalOptions {
+            num_frame_per_block: cfg.num_frame_per_block,
+            local_attn_size: cfg.local_attn_size,
+            sink_size: cfg.sink_size,
+        };
         Net::Wan(m)
     } else {
         bail!(

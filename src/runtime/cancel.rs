@@ -53,4 +53,6 @@ pub enum Interrupted {
     Cancelled,
     #[error("upstream finished")]
     Closed,
+    #[error("the versions wanted are no longer kept (oldest kept: v{oldest})")]
+    Gone { oldest: u64 },
 }

@@ -83,6 +83,12 @@ impl Plan {
             Mode::Async { max_staleness } if stale_ok => {
                 (exact.saturating_sub(max_staleness), exact)
             }
+            // Under async the critic lane may run ahead of the generator lane (its rollouts use an
+            // older generator), so the generator lane's frozen critic view takes the newest critic
+            // available from version `exact` on: a fresher critic, never an older one.
+            Mode::Async { .. } if model != "generator" && w.lane == Lane::Generator => {
+                (exact, u64::MAX)
+            }
             _ => (exact, exact),
         }
     }
@@ -146,6 +152,8 @@ mod tests {
         assert_eq!(p.required_version("critic", &g(5), false), (5, 5));
         let a = plan(Mode::Async { max_staleness: 2 });
         assert_eq!(a.required_version("generator", &c(5), true), (0, 2));
+        assert_eq!(a.required_version("fake", &g(5), false), (5, u64::MAX));
+        assert_eq!(a.required_version("fake", &c(5), false), (5, 5));
         assert_eq!(a.required_version("generator", &c(5), false), (2, 2));
         assert_eq!(p.version_at("generator", 5), 1);
         assert_eq!(p.version_at("generator", 6), 2);

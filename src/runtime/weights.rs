@@ -116,7 +116,10 @@ impl WeightsHub {
                 }
                 return Ok(f(v, t));
             }
-            if g.closed || g.snapshots.keys().next().is_some_and(|&first| first > hi) {
+            if let Some(&first) = g.snapshots.keys().next().filter(|&&first| first > hi) {
+                return Err(Interrupted::Gone { oldest: first });
+            }
+            if g.closed {
                 return Err(Interrupted::Closed);
             }
             g = self
