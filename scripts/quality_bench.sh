@@ -32,6 +32,7 @@ STEPS=2000; STALE_STEPS=1000; EVAL_N=512
 if [ "$QUICK" = 1 ]; then STEPS=300; STALE_STEPS=200; EVAL_N=128; fi
 BIN=target/release/run-pipeline
 TE=target/release/examples/teacher_eval
+if [ -f scripts/dev-env.sh ]; then . scripts/dev-env.sh; fi  # libtorch from the venv
 cargo build --release --bin run-pipeline --example teacher_eval >&2
 mkdir -p "$OUT" docs/img
 PY=${PYTHON:-/work/main/.venv/bin/python}

@@ -37,7 +37,8 @@ fn run(config: &str, steps: u64, dir: &std::path::Path) -> Vec<serde_json::Value
 }
 
 fn get(v: &serde_json::Value, k: &str) -> f64 {
-    v[k].as_f64().unwrap_or_else(|| panic!("eval line lacks `{k}`: {v}"))
+    v[k].as_f64()
+        .unwrap_or_else(|| panic!("eval line lacks `{k}`: {v}"))
 }
 
 #[test]
