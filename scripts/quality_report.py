@@ -101,8 +101,10 @@ lines += ["", "## Notes", "",
  "it in that shape whatever `image_or_video_shape` says, so the teacher rejects the Wan generator's "
  "[B,2,4,2,2] latents (`gmm: x_t must be [B, 1, 2, 1, 1]`). A video-shaped ring needs a zoo.rs change "
  "(embed the ring in the latent shape); until then these rows are n/a.",
- "- Staleness K ≥ 4 (quick run) stopped with `gen_loss failed at step 55: input fake closed ... an "
- "upstream actor stopped` — an engine issue of the async schedule, reported to the engine owner.",
+ "- Staleness: every async run with K ≥ 1 stopped early (quick run: K=1 at step 15 with `fake_view failed "
+ "at step 15 lane g: waiting for fake weights v15..=v15: upstream finished`; K=4 at step 55 with `gen_loss "
+ "... input fake closed`; K=2, 8 at step 0), so their rows are the untrained generator: an engine issue "
+ "of the async schedule, reported to the engine owner. Only K=0 trained.",
 ]
 with open(md_path, "w") as f:
     f.write("\n".join(lines) + "\n")
