@@ -48,8 +48,8 @@ fn self_forcing_structure() {
     let g = load_pipeline("self_forcing", &cpu()).expect("valid");
     assert_eq!(g.schedule.mode, ScheduleMode::Exact);
     assert_eq!(g.schedule.max_staleness, 0);
-    assert_eq!(g.actors.len(), 16);
-    assert_eq!(g.edges.len(), 21);
+    assert_eq!(g.actors.len(), 17);
+    assert_eq!(g.edges.len(), 22);
     let rc = g.actor("rollout_c").expect("rollout_c");
     assert_eq!(rc.stream.as_deref(), Some("rollout"));
     assert_eq!(rc.param_bool("grad"), Some(false));
@@ -99,7 +99,8 @@ fn self_forcing_structure() {
             "rollout_g.weights",
             "rollout_c.weights",
             "ema.weights",
-            "checkpoint.weights"
+            "checkpoint.weights",
+            "eval.weights"
         ]
     );
     assert_eq!(g.inputs_of("checkpoint").len(), 3);
@@ -191,9 +192,39 @@ fn async_schedule_and_devices_parse() {
     assert!(g.edges.is_empty());
 }
 
+/// `STILLFLOW_REGEN_DOCS=1 cargo test --release --test graph_pipelines docs` rewrites the
+/// generated blocks of docs/PIPELINES.md (catalogue tables, self_forcing mermaid).
+fn regenerate_docs(docs: &str, table: &str, mermaid: &str) -> String {
+    let start = docs.find("| kind | port |").expect("catalogue table in docs");
+    let rest = &docs[start..];
+    // The two tables end at the first line that is neither a table row nor the blank line between them.
+    let mut end = start;
+    let mut blank_seen = false;
+    for line in rest.split_inclusive('\n') {
+        if line.starts_with('|') || (line.trim().is_empty() && !blank_seen) {
+            blank_seen |= line.trim().is_empty();
+            end += line.len();
+        } else {
+            break;
+        }
+    }
+    let mut out = format!("{}{}\n{}", &docs[..start], table.trim_end(), &docs[end..]);
+    if let Some(m0) = out.find("```mermaid\n") {
+        let body = m0 + "```mermaid\n".len();
+        let m1 = body + out[body..].find("```").expect("closing fence");
+        out = format!("{}{}{}", &out[..body], mermaid, &out[m1..]);
+    }
+    out
+}
+
 #[test]
 fn docs_embed_the_current_catalogue() {
-    let docs = std::fs::read_to_string("docs/PIPELINES.md").expect("docs/PIPELINES.md");
+    let mut docs = std::fs::read_to_string("docs/PIPELINES.md").expect("docs/PIPELINES.md");
+    if std::env::var_os("STILLFLOW_REGEN_DOCS").is_some() {
+        let m = load_pipeline("self_forcing", &cpu()).expect("valid").to_mermaid();
+        docs = regenerate_docs(&docs, &stillflow::graph::kinds::catalogue_markdown(), &m);
+        std::fs::write("docs/PIPELINES.md", &docs).expect("write docs");
+    }
     let table = stillflow::graph::kinds::catalogue_markdown();
     assert!(
         docs.contains(&table),
