@@ -195,7 +195,9 @@ fn async_schedule_and_devices_parse() {
 /// `STILLFLOW_REGEN_DOCS=1 cargo test --release --test graph_pipelines docs` rewrites the
 /// generated blocks of docs/PIPELINES.md (catalogue tables, self_forcing mermaid).
 fn regenerate_docs(docs: &str, table: &str, mermaid: &str) -> String {
-    let start = docs.find("| kind | port |").expect("catalogue table in docs");
+    let start = docs
+        .find("| kind | port |")
+        .expect("catalogue table in docs");
     let rest = &docs[start..];
     // The two tables end at the first line that is neither a table row nor the blank line between them.
     let mut end = start;
@@ -221,7 +223,9 @@ fn regenerate_docs(docs: &str, table: &str, mermaid: &str) -> String {
 fn docs_embed_the_current_catalogue() {
     let mut docs = std::fs::read_to_string("docs/PIPELINES.md").expect("docs/PIPELINES.md");
     if std::env::var_os("STILLFLOW_REGEN_DOCS").is_some() {
-        let m = load_pipeline("self_forcing", &cpu()).expect("valid").to_mermaid();
+        let m = load_pipeline("self_forcing", &cpu())
+            .expect("valid")
+            .to_mermaid();
         docs = regenerate_docs(&docs, &stillflow::graph::kinds::catalogue_markdown(), &m);
         std::fs::write("docs/PIPELINES.md", &docs).expect("write docs");
     }

@@ -55,7 +55,7 @@ impl Optimizer {
         let role = ctx.param_str("model").unwrap_or_else(|| "generator".into());
         let gen = role == "generator";
         let name = zoo::name_for(&role, cfg);
-        let model = zoo::build(&name, &role, cfg, ctx.seed, ctx.device, Kind::Float)?;
+        let model = zoo::build(&name, &role, cfg, ctx.seed, ctx.device, Kind::Float, true)?;
         if gen {
             if let Some(ckpt) = &cfg.generator_ckpt {
                 load_initial(&model, ckpt)
@@ -179,11 +179,16 @@ impl Actor for Optimizer {
                 .get(n.as_str())
                 .with_context(|| format!("no gradient target for `{n}`"))?;
             let g = target.grad();
-            if !g.defined() {
-                continue;
-            }
-            let g = g.detach().to_kind(Kind::Float).copy();
-            let _ = target.grad().zero_();
+            // A parameter the loss did not reach gets an explicit zero gradient, so every step
+            // updates the same set of parameters whatever happened before (a resumed run has no
+            // stale zero gradients lying around; a long run does).
+            let g = if g.defined() {
+                let c = g.detach().to_kind(Kind::Float).copy();
+                let _ = target.grad().zero_();
+                c
+            } else {
+                m.zeros_like()
+            };
             let term = (m * g).sum(Kind::Float);
             acc = Some(match acc {
                 Some(a) => a + term,

@@ -52,6 +52,8 @@ impl Rollout {
             ctx.seed,
             ctx.device,
             zoo::compute_kind(cfg, ctx.device),
+            // Weights arrive over the weights edge before first use.
+            !ctx.weights_in.contains_key("weights"),
         )?;
         if model.wan().is_none() {
             bail!(

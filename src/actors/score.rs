@@ -35,6 +35,8 @@ impl Score {
             ctx.seed,
             ctx.device,
             zoo::compute_kind(cfg, ctx.device),
+            // Weights arrive over the weights edge before first use.
+            !ctx.weights_in.contains_key("weights"),
         )?;
         if !trainable {
             model.vs.freeze();

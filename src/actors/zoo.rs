@@ -140,6 +140,8 @@ pub fn wan_config(name: &str, cfg: &RunConfig) -> Option<WanConfig> {
 /// Random weights come from keyed draws of (seed, role), so every actor building the same role
 /// gets the same numbers.
 /// `kind`: the parameters' kind (optimizers keep f32 masters; readers use [`compute_kind`]).
+/// `random_init: false` skips the (host-side, keyed) random initialisation for readers whose
+/// weights arrive over a weights edge before first use: a 1.3B model takes seconds to draw.
 pub fn build(
     name: &str,
     role: &str,
@@ -147,6 +149,7 @@ pub fn build(
     seed: u64,
     device: Device,
     kind: Kind,
+    random_init: bool,
 ) -> Result<Model> {
     let mut vs = nn::VarStore::new(device);
     let key = RngKey::new(seed, 0, Lane::Other, Purpose::Init).sub(name_hash(role));
@@ -168,9 +171,11 @@ pub fn build(
             local_attn_size: cfg.local_attn_size,
             sink_size: cfg.sink_size,
         };
-        crate::models::wan::init::init_random(&m, &key);
+        if random_init {
+            crate::models::wan::init::init_random(&m, &key);
+        }
         m.checkpoint_blocks = cfg.gradient_checkpointing;
-        if !wc_is_tiny(name) {
+        if random_init && !wc_is_tiny(name) {
             eprintln!("RANDOM WEIGHTS: `{role}` is the preset `{name}` with Wan's random initialisation (no weights loaded)");
         }
         Net::Wan(m)
