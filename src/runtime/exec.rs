@@ -49,9 +49,12 @@ impl Setup {
     }
 
     fn hubs(&self) -> BTreeMap<usize, Arc<WeightsHub>> {
+        // Under serial/exact no reader ever needs a version once the next one exists (the next
+        // update waits for every use of the current one), so one snapshot per model is enough:
+        // for a 1.3B model that is 2.6 GB of GPU memory saved per extra version.
         let keep = match self.plan.mode {
             super::plan::Mode::Async { max_staleness } => max_staleness as usize + 2,
-            _ => 2,
+            _ => 1,
         };
         let mut hubs = BTreeMap::new();
         for e in &self.wiring.weights {

@@ -27,14 +27,15 @@ pub struct WeightsHub {
 }
 
 impl WeightsHub {
-    /// `keep`: how many recent versions to retain for readers that may lag (staleness bound + 2).
+    /// `keep`: how many recent versions to retain for readers that may lag (staleness bound + 2
+    /// under async, 1 otherwise).
     pub fn new(model: &str, keep: usize) -> Self {
         WeightsHub {
             model: model.to_string(),
             inner: Mutex::new(Inner {
                 snapshots: BTreeMap::new(),
                 consumed: vec![],
-                keep: keep.max(2),
+                keep: keep.max(1),
                 closed: false,
             }),
             cv: Condvar::new(),
