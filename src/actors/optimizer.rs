@@ -6,7 +6,7 @@
 //! weights, so readers' version arithmetic holds); too many in a row stop the run.
 
 use crate::actors::zoo::{self, Model};
-use crate::optim::{clip_grad_norm, AdamW, AdamWConfig};
+use crate::optim::{grads_total_norm, AdamW, AdamWConfig};
 use crate::runtime::weights::deep_copy;
 use crate::runtime::{Actor, ActorState, Ctx, Ports, Work};
 use anyhow::{bail, Context, Result};
@@ -167,45 +167,32 @@ impl Actor for Optimizer {
         // shared handles), also through checkpointed blocks, whose recomputation only reaches
         // parameters this way. Frozen networks on the path have requires_grad = false.
         scaled.backward();
-        let by_name: BTreeMap<&str, &Tensor> = p
-            .grad_targets
-            .iter()
-            .map(|(n, t)| (n.as_str(), t))
-            .collect();
-        // Accumulate into the masters' .grad: d/dm Σ (m·g) = g exactly.
-        let mut acc: Option<Tensor> = None;
-        for (n, m) in &self.masters {
-            let target = by_name
-                .get(n.as_str())
-                .with_context(|| format!("no gradient target for `{n}`"))?;
-            let g = target.grad();
-            // A parameter the loss did not reach gets an explicit zero gradient, so every step
-            // updates the same set of parameters whatever happened before (a resumed run has no
-            // stale zero gradients lying around; a long run does).
-            let g = if g.defined() {
-                let c = g.detach().to_kind(Kind::Float).copy();
-                let _ = target.grad().zero_();
-                c
-            } else {
-                m.zeros_like()
-            };
-            let term = (m * g).sum(Kind::Float);
-            acc = Some(match acc {
-                Some(a) => a + term,
-                None => term,
-            });
-        }
-        if let Some(a) = acc {
-            a.backward();
-        }
         self.micro_done += 1;
         if self.micro_done < k {
+            // Gradients keep accumulating in the producer's parameters until the last micro-batch.
             return Ok(Ports::new());
         }
         self.micro_done = 0;
         let loss_mean = self.loss_sum / k as f64;
         self.loss_sum = 0.0;
-        let norm = clip_grad_norm(self.masters.iter().map(|(_, t)| t), self.clip)?;
+        let by_name: BTreeMap<&str, &Tensor> = p
+            .grad_targets
+            .iter()
+            .map(|(n, t)| (n.as_str(), t))
+            .collect();
+        // The gradients live in the producer's (compute-precision) copy; the update converts them
+        // to f32 one tensor at a time, so no f32 .grad of the masters is ever kept. A parameter the
+        // loss did not reach gets an explicit zero gradient, so every step updates the same set of
+        // parameters whatever happened before (a resumed run has no stale zero gradients).
+        let mut grads = Vec::with_capacity(self.masters.len());
+        for (n, m) in &self.masters {
+            let target = by_name
+                .get(n.as_str())
+                .with_context(|| format!("no gradient target for `{n}`"))?;
+            let g = target.grad();
+            grads.push(if g.defined() { g } else { m.zeros_like() });
+        }
+        let norm = grads_total_norm(&grads)?;
         let pre = self.prefix().to_string();
         let mut report = vec![
             (format!("{pre}_grad_norm"), norm),
@@ -229,8 +216,20 @@ impl Actor for Optimizer {
             eprintln!("warning: non-finite {pre} loss/grad at {work} (loss {loss_mean}, norm {norm}): update skipped");
         } else {
             self.nonfinite_in_row = 0;
-            self.adam.step()?;
-            self.adam.zero_grad();
+            // clip_grad_norm_: scale by max_norm / (norm + 1e-6) when the norm exceeds max_norm.
+            let coef = if norm > self.clip {
+                self.clip / (norm + 1e-6)
+            } else {
+                1.0
+            };
+            self.adam.step_with_grads(&grads, coef)?;
+        }
+        drop(grads);
+        for (_, t) in &p.grad_targets {
+            let g = t.grad();
+            if g.defined() {
+                let _ = g.detach().zero_();
+            }
         }
         self.version += 1;
         report.push((format!("{pre}_version"), self.version as f64));

@@ -32,6 +32,22 @@ where
     Ok(Some(Tensor::f_stack(&norms, 0)?.f_norm()?))
 }
 
+/// The total L2 norm of explicit gradient tensors (any float kind; each norm is taken in f32), as
+/// torch's `clip_grad_norm_` computes it: the norm of the per-tensor norms. Undefined tensors are
+/// skipped; 0 when there are none.
+pub fn grads_total_norm(grads: &[Tensor]) -> Result<f64> {
+    let mut norms = Vec::new();
+    let mut first: Option<Device> = None;
+    for g in grads.iter().filter(|g| g.defined()) {
+        let dev = *first.get_or_insert(g.device());
+        norms.push(g.f_to_kind(tch::Kind::Float)?.f_norm()?.f_to_device(dev)?);
+    }
+    if norms.is_empty() {
+        return Ok(0.0);
+    }
+    Ok(Tensor::f_stack(&norms, 0)?.f_norm()?.f_double_value(&[])?)
+}
+
 /// The total L2 norm of the gradients (0 when there are none), without modifying them.
 pub fn total_grad_norm<'a, I>(params: I) -> Result<f64>
 where

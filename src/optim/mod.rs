@@ -14,7 +14,7 @@ pub mod ema;
 
 pub use accumulate::accumulate_grads;
 pub use adamw::{AdamW, AdamWConfig};
-pub use clip::{clip_grad_norm, total_grad_norm};
+pub use clip::{clip_grad_norm, grads_total_norm, total_grad_norm};
 pub use ema::Ema;
 
 use tch::Tensor;

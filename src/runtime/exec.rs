@@ -259,9 +259,13 @@ pub fn run_serial(
                         }
                     }
                     let t0 = Instant::now();
-                    let out = actors[i].process(&mut ctxs[i], work, inputs).map_err(|e| {
-                        anyhow!("actor `{}` failed at {work}: {e:#}", w.nodes[i].name)
-                    })?;
+                    // Panics (e.g. a CUDA out-of-memory inside a tch call) become errors naming
+                    // the actor, as in the threaded executor.
+                    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        actors[i].process(&mut ctxs[i], work, inputs)
+                    }))
+                    .unwrap_or_else(|p| Err(anyhow!("{}", panic_message(p))))
+                    .map_err(|e| anyhow!("actor `{}` failed at {work}: {e:#}", w.nodes[i].name))?;
                     sup.handle(Event::Busy {
                         actor: w.nodes[i].name.clone(),
                         work,
