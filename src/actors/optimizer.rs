@@ -25,6 +25,7 @@ pub struct Optimizer {
     nonfinite_in_row: u64,
     nonfinite_total: u64,
     snapshot_kind: Kind,
+    share_masters: bool,
 }
 
 /// A float parameter: a number, or the name of a config key holding one.
@@ -96,6 +97,7 @@ impl Optimizer {
         Ok(Optimizer {
             clip: f64_param(ctx, "clip", clip_k)?,
             snapshot_kind: zoo::compute_kind(cfg, ctx.device),
+            share_masters: !matches!(ctx.plan.mode, crate::runtime::Mode::Async { .. }),
             model,
             role,
             masters,
@@ -111,10 +113,18 @@ impl Optimizer {
     fn publish(&self, ctx: &Ctx) {
         if let Some(hub) = &ctx.weights_out {
             let _g = tch::no_grad_guard();
-            let snap = deep_copy(&self.model.vars())
-                .into_iter()
-                .map(|(k, v)| (k, v.to_kind(self.snapshot_kind)))
-                .collect();
+            // Under serial/exact no reader needs version v once v+1 is computed, and every reader's
+            // copy is ordered before our next update (through the data packets it feeds), so the
+            // masters themselves are published: no snapshot copy (a model's worth of GPU memory).
+            // Under async readers may lag, so they get a deep copy in the compute precision.
+            let snap = if self.share_masters {
+                self.model.vars()
+            } else {
+                deep_copy(&self.model.vars())
+                    .into_iter()
+                    .map(|(k, v)| (k, v.to_kind(self.snapshot_kind)))
+                    .collect()
+            };
             let event = crate::cuda::CudaStream::current_for(ctx.device)
                 .ok()
                 .and_then(|s| {
@@ -216,6 +226,14 @@ impl Actor for Optimizer {
             eprintln!("warning: non-finite {pre} loss/grad at {work} (loss {loss_mean}, norm {norm}): update skipped");
         } else {
             self.nonfinite_in_row = 0;
+            if self.share_masters {
+                // Every-version subscribers (EMA, evaluator) must have read the current version
+                // before the masters change under them.
+                if let Some(hub) = &ctx.weights_out {
+                    hub.wait_consumed(self.version, &ctx.cancel)
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                }
+            }
             // clip_grad_norm_: scale by max_norm / (norm + 1e-6) when the norm exceeds max_norm.
             let coef = if norm > self.clip {
                 self.clip / (norm + 1e-6)

@@ -413,7 +413,8 @@ pub fn run_threaded(setup: Setup, sup: Supervisor) -> anyhow::Result<Supervisor>
             if w.lanes[i].is_empty() {
                 if let Some(wi) = ctx.weights_in.values().next() {
                     // Subscribe before any publisher starts, so no version is missed.
-                    let sub = wi.hub.subscribe_every();
+                    // (On resume it starts after the restored version.)
+                    let sub = wi.hub.subscribe_every(first_service_version(&s, &wi.model));
                     io.service_sub = Some((wi.hub.clone(), sub, wi.model.clone()));
                 }
             }
@@ -574,7 +575,13 @@ fn actor_thread(
                 emit_state(&mut actor, ctx, b)?;
             }
             let cancel = ctx.cancel.clone();
-            match hub.consume(sub, v, &cancel, |t| actor.on_version(ctx, v, t)) {
+            // The stream is synchronised before the version counts as consumed: the publisher may
+            // update the shared tensors right after.
+            match hub.consume(sub, v, &cancel, |t| {
+                let r = actor.on_version(ctx, v, t);
+                let _ = stream.synchronize();
+                r
+            }) {
                 Ok(r) => r.map_err(e0)?,
                 Err(Interrupted::Closed) => break,
                 Err(e) => return Err(e0(anyhow!("{e}"))),

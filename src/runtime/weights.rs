@@ -48,10 +48,10 @@ impl WeightsHub {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Register a subscriber that must see every version; returns its id.
-    pub fn subscribe_every(&self) -> usize {
+    /// Register a subscriber that must see every version from `first` on; returns its id.
+    pub fn subscribe_every(&self, first: u64) -> usize {
         let mut g = self.lock();
-        g.consumed.push(None);
+        g.consumed.push(first.checked_sub(1));
         g.consumed.len() - 1
     }
 
@@ -82,6 +82,22 @@ impl WeightsHub {
         }
         drop(g);
         self.cv.notify_all();
+    }
+
+    /// Wait until every every-version subscriber has consumed `version` (or later).
+    pub fn wait_consumed(&self, version: u64, cancel: &Cancel) -> Result<(), Interrupted> {
+        let mut g = self.lock();
+        while g.consumed.iter().any(|c| c.is_none_or(|c| c < version)) {
+            if cancel.is_cancelled() {
+                return Err(Interrupted::Cancelled);
+            }
+            g = self
+                .cv
+                .wait_timeout(g, Duration::from_millis(20))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        Ok(())
     }
 
     /// No more versions will come (the owner finished).
@@ -144,6 +160,8 @@ impl WeightsHub {
         if let Some(c) = g.consumed.get_mut(sub) {
             *c = Some(version);
         }
+        drop(g);
+        self.cv.notify_all();
         Ok(r)
     }
 }
