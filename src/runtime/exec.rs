@@ -123,6 +123,22 @@ impl Setup {
     }
 }
 
+/// With `STILLFLOW_MEMLOG` set, print the CUDA memory allocated after an actor was built.
+fn memlog(name: &str, device: tch::Device) {
+    if std::env::var_os("STILLFLOW_MEMLOG").is_none() {
+        return;
+    }
+    if let tch::Device::Cuda(i) = device {
+        if let Ok(m) = crate::cuda::memory_stats(i) {
+            eprintln!(
+                "memory after building `{name}`: {:.2} GiB allocated (peak {:.2})",
+                m.allocated as f64 / (1u64 << 30) as f64,
+                m.peak as f64 / (1u64 << 30) as f64
+            );
+        }
+    }
+}
+
 fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
         format!("panicked: {s}")
@@ -169,6 +185,7 @@ pub fn run_serial(
             a.restore(&mut ctx, st)
                 .with_context(|| format!("restoring actor `{}`", w.nodes[i].name))?;
         }
+        memlog(&w.nodes[i].name, ctx.device);
         actors.push(a);
         ctxs.push(ctx);
     }
