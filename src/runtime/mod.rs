@@ -10,9 +10,11 @@ pub mod packet;
 pub mod plan;
 pub mod progress;
 pub mod run;
+pub mod serial;
 pub mod signals;
 pub mod summary;
 pub mod supervisor;
+pub mod threaded;
 pub mod weights;
 pub mod wiring;
 

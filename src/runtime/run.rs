@@ -1,8 +1,10 @@
 //! The run driver: config → graph → plan → executor, with logdir, resume, metrics and checkpoints.
 
-use super::exec::{run_serial, run_threaded, Setup};
+use super::exec::Setup;
 use super::plan::{Mode, Plan};
+use super::serial::run_serial;
 use super::supervisor::{Span, Supervisor};
+use super::threaded::run_threaded;
 use super::wiring::Wiring;
 use crate::config::RunConfig;
 use crate::graph::{DeviceInventory, ScheduleMode};
