@@ -45,16 +45,7 @@ impl Rollout {
         let grad = ctx.param_bool("grad").unwrap_or(false);
         let role = ctx.param_str("model").unwrap_or_else(|| "generator".into());
         let name = zoo::name_for(&role, cfg);
-        let mut model = zoo::build(
-            &name,
-            &role,
-            cfg,
-            ctx.seed,
-            ctx.device,
-            zoo::compute_kind(cfg, ctx.device),
-            // Weights arrive over the weights edge before first use.
-            !ctx.weights_in.contains_key("weights"),
-        )?;
+        let mut model = zoo::build_reader(ctx, &role)?;
         if model.wan().is_none() {
             bail!(
                 "rollout `{}`: model `{name}` is not a block-causal Wan generator",

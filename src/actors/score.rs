@@ -26,18 +26,8 @@ impl Score {
         let role = ctx
             .param_str("model")
             .context("score: no `model` parameter")?;
-        let name = zoo::name_for(&role, cfg);
         let trainable = ctx.param_bool("trainable").unwrap_or(false);
-        let mut model = zoo::build(
-            &name,
-            &role,
-            cfg,
-            ctx.seed,
-            ctx.device,
-            zoo::compute_kind(cfg, ctx.device),
-            // Weights arrive over the weights edge before first use.
-            !ctx.weights_in.contains_key("weights"),
-        )?;
+        let mut model = zoo::build_reader(ctx, &role)?;
         if !trainable {
             model.vs.freeze();
         }

@@ -219,3 +219,19 @@ pub fn name_for(role: &str, cfg: &RunConfig) -> String {
         other => other.to_string(),
     }
 }
+
+/// The model of an actor that reads `role`'s weights: built in the compute precision, without
+/// random initialisation when its weights arrive over a weights edge before first use.
+pub fn build_reader(ctx: &crate::runtime::Ctx, role: &str) -> Result<Model> {
+    let cfg = &ctx.cfg;
+    let name = name_for(role, cfg);
+    build(
+        &name,
+        role,
+        cfg,
+        ctx.seed,
+        ctx.device,
+        compute_kind(cfg, ctx.device),
+        !ctx.weights_in.contains_key("weights"),
+    )
+}
