@@ -96,7 +96,7 @@ pub fn run_threaded(setup: Setup, sup: Supervisor) -> anyhow::Result<Supervisor>
             .spawn(move || {
                 let mut ctx = ctx;
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    actor_thread(&setup, &w2, i, &mut ctx, io, resume, first)
+                    actor_thread(&setup, &w2, i, &mut ctx, &io, resume, first)
                 }));
                 let err = match r {
                     Ok(Ok(())) => None,
@@ -180,7 +180,7 @@ fn actor_thread(
     w: &Wiring,
     i: usize,
     ctx: &mut Ctx,
-    io: ThreadIo,
+    io: &ThreadIo,
     resume: Option<ActorState>,
     first_version: u64,
 ) -> Result<(), ThreadErr> {
@@ -225,7 +225,8 @@ fn actor_thread(
         Ok(())
     };
     let model = io.service_sub.as_ref().map(|(_, _, m)| m.clone());
-    if let Some((hub, sub, _)) = io.service_sub {
+    if let Some((hub, sub, _)) = &io.service_sub {
+        let (hub, sub) = (hub.clone(), *sub);
         let model = model.unwrap_or_default();
         let mut v = first_version;
         loop {
@@ -353,7 +354,8 @@ fn actor_thread(
         }
     }
     actor.finish(ctx).map_err(e0)?;
-    // Dropping io.outputs closes this actor's out edges, which ends its consumers' loops.
-    drop(io.outputs);
+    // The caller drops `io` after reporting: that closes this actor's out edges (ending its
+    // consumers' loops) and, on failure, only after the error and the cancellation are out, so
+    // neighbours that lose a channel are recognised as casualties.
     Ok(())
 }
