@@ -50,6 +50,8 @@ fn report() -> RunReport {
         history,
         busy,
         spans,
+        gpu_spans: vec![],
+        queue_depths: vec![],
         checkpoints: vec![],
         stopped_by_signal: false,
     }

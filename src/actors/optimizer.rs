@@ -176,7 +176,9 @@ impl Actor for Optimizer {
         // A plain backward: it fills .grad of the producer's parameters (the gradient targets,
         // shared handles), also through checkpointed blocks, whose recomputation only reaches
         // parameters this way. Frozen networks on the path have requires_grad = false.
+        crate::cuda::memlog(&format!("{}: before backward", ctx.name), ctx.device);
         scaled.backward();
+        crate::cuda::memlog(&format!("{}: after backward", ctx.name), ctx.device);
         self.micro_done += 1;
         if self.micro_done < k {
             // Gradients keep accumulating in the producer's parameters until the last micro-batch.

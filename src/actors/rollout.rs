@@ -108,6 +108,7 @@ impl Rollout {
         };
         let nfpb = cfg.num_frame_per_block;
         let mut cache = KvCache::new(wan.cfg.num_layers as usize);
+        cache.reserve_frames(f);
         let mut outs = Vec::new();
         for blk in 0..f / nfpb {
             let s = blk * nfpb;
@@ -122,6 +123,10 @@ impl Rollout {
                     CausalMode::DENOISE
                 };
                 let v = wan.forward_causal(&x, &t, cond, &mut cache, s, mode);
+                if crate::cuda::memlog_enabled() {
+                    let what = format!("{}: block {blk} step {j} ({mode:?})", ctx.name);
+                    crate::cuda::memlog(&what, ctx.device);
+                }
                 let pred = flow_to_x0(&self.table, &x, &v, &t);
                 if is_exit {
                     x0 = Some(pred);
@@ -155,6 +160,7 @@ impl Rollout {
                 );
                 let xc = add_noise(&self.table, &x0.detach(), &eps, &tc);
                 let _ = wan.forward_causal(&xc, &tc, cond, &mut cache, s, CausalMode::CONTEXT);
+                crate::cuda::memlog(&format!("{}: block {blk} context", ctx.name), ctx.device);
             }
             outs.push(x0);
         }

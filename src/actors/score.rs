@@ -84,6 +84,7 @@ impl Actor for Score {
             let _g = tch::no_grad_guard();
             self.x0(x_t, t, cond, uncond)
         };
+        crate::cuda::memlog(&format!("{}: after score", ctx.name), ctx.device);
         let mut p = Packet::new();
         for (k, v) in &input.tensors {
             p.insert(k, v.shallow_clone());

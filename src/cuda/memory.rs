@@ -142,3 +142,28 @@ pub fn device_description(i: usize) -> String {
         Err(e) => format!("{e:#}"),
     }
 }
+
+/// Whether `STILLFLOW_MEMLOG` is set (read once).
+pub fn memlog_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("STILLFLOW_MEMLOG").is_some())
+}
+
+/// With `STILLFLOW_MEMLOG` set, prints the caching allocator's allocated / peak / reserved memory
+/// of a CUDA `device` after `what` (a memory trace to find out where a step runs out of memory).
+pub fn memlog(what: &str, device: tch::Device) {
+    if !memlog_enabled() {
+        return;
+    }
+    if let tch::Device::Cuda(i) = device {
+        if let Ok(m) = memory_stats(i) {
+            let g = |b: u64| b as f64 / (1u64 << 30) as f64;
+            eprintln!(
+                "memory {what}: {:.2} GiB allocated (peak {:.2}, reserved {:.2})",
+                g(m.allocated),
+                g(m.peak),
+                g(m.reserved)
+            );
+        }
+    }
+}

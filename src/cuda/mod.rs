@@ -13,8 +13,8 @@ pub mod stream;
 
 pub use checkpoint::{checkpoint, try_checkpoint};
 pub use memory::{
-    device_count, device_description, device_properties, memory_stats, reset_peak, DeviceProps,
-    MemStats,
+    device_count, device_description, device_properties, memlog, memlog_enabled, memory_stats,
+    reset_peak, DeviceProps, MemStats,
 };
 pub use stream::{record_stream, CudaEvent, CudaStream, StreamGuard};
 

@@ -123,6 +123,11 @@ pub fn record_busy(actor: &str, secs: f64) {
     metrics::histogram!("stillflow_actor_busy_seconds", "actor" => actor.to_string()).record(secs);
 }
 
+/// Queue depth of an input edge, sampled when its consumer asks for the next item.
+pub fn record_queue(edge: &str, depth: usize) {
+    metrics::gauge!("stillflow_queue_depth", "edge" => edge.to_string()).set(depth as f64);
+}
+
 /// One metrics line (the runtime calls this for every line of `metrics.jsonl`): counts the step,
 /// records `step_time_s` and exposes every other numeric field as gauge `stillflow_<key>`.
 pub fn record_step(line: &serde_json::Value) {

@@ -402,6 +402,21 @@ pub fn write_profile(
     extras: &ProfileExtras,
 ) -> Result<ProfileSummary> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // GPU spans and queue depths measured by the runtime, unless the caller supplies its own.
+    let mut merged;
+    let mut extras = extras;
+    if extras.gpu_spans.is_empty() && !report.gpu_spans.is_empty()
+        || extras.queue_depths.is_empty() && !report.queue_depths.is_empty()
+    {
+        merged = extras.clone();
+        if merged.gpu_spans.is_empty() {
+            merged.gpu_spans = report.gpu_spans.clone();
+        }
+        if merged.queue_depths.is_empty() {
+            merged.queue_depths = report.queue_depths.clone();
+        }
+        extras = &merged;
+    }
     let summary = ProfileSummary::from_report(report, extras);
     let trace = trace::trace_events(&report.spans, &extras.gpu_spans);
     write(&dir.join("trace.json"), &serde_json::to_string(&trace)?)?;

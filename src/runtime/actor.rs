@@ -32,6 +32,19 @@ pub enum Event {
         start: Instant,
         secs: f64,
     },
+    /// GPU time of one work item on an actor's CUDA stream (from timing events).
+    GpuBusy {
+        track: String,
+        name: String,
+        start: Instant,
+        secs: f64,
+    },
+    /// Items waiting on an input edge when the consumer asked for the next one.
+    Queue {
+        edge: String,
+        depth: usize,
+        capacity: usize,
+    },
     Done {
         actor: String,
         work: Work,

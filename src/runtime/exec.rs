@@ -123,18 +123,7 @@ impl Setup {
 
 /// With `STILLFLOW_MEMLOG` set, print the CUDA memory allocated after an actor was built.
 pub(super) fn memlog(name: &str, device: tch::Device) {
-    if std::env::var_os("STILLFLOW_MEMLOG").is_none() {
-        return;
-    }
-    if let tch::Device::Cuda(i) = device {
-        if let Ok(m) = crate::cuda::memory_stats(i) {
-            eprintln!(
-                "memory after building `{name}`: {:.2} GiB allocated (peak {:.2})",
-                m.allocated as f64 / (1u64 << 30) as f64,
-                m.peak as f64 / (1u64 << 30) as f64
-            );
-        }
-    }
+    crate::cuda::memlog(&format!("after building `{name}`"), device);
 }
 
 pub(super) fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {

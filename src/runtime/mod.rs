@@ -6,6 +6,7 @@ pub mod actor;
 pub mod cancel;
 pub mod ckpt;
 pub mod exec;
+mod gpu_timer;
 pub mod packet;
 pub mod plan;
 pub mod progress;

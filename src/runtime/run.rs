@@ -32,6 +32,8 @@ pub struct RunReport {
     pub history: Vec<serde_json::Value>,
     pub busy: BTreeMap<String, f64>,
     pub spans: Vec<Span>,
+    pub gpu_spans: Vec<crate::profile::GpuSpan>,
+    pub queue_depths: Vec<crate::profile::QueueDepth>,
     pub checkpoints: Vec<PathBuf>,
     pub stopped_by_signal: bool,
 }
@@ -236,6 +238,17 @@ pub fn train(cfg: RunConfig, opts: &RunOptions) -> Result<RunReport> {
         history: sup.history,
         busy: sup.busy,
         spans: sup.spans,
+        gpu_spans: sup.gpu_spans,
+        queue_depths: sup
+            .queues
+            .iter()
+            .map(|(edge, &(sum, n, max, capacity))| crate::profile::QueueDepth {
+                edge: edge.clone(),
+                mean: sum / n.max(1) as f64,
+                max: max as f64,
+                capacity,
+            })
+            .collect(),
         checkpoints: sup.checkpoints_written,
         stopped_by_signal: sup.stop_requested
             || stop_flag.load(std::sync::atomic::Ordering::SeqCst),

@@ -46,6 +46,10 @@ pub struct Supervisor {
     states: BTreeMap<u64, BTreeMap<String, ActorState>>,
     pub busy: BTreeMap<String, f64>,
     pub spans: Vec<Span>,
+    /// GPU time per work item and stream (threaded executor on CUDA).
+    pub gpu_spans: Vec<crate::profile::GpuSpan>,
+    /// Per input edge: (sum of depths, samples, max depth, capacity).
+    pub queues: BTreeMap<String, (f64, u64, usize, usize)>,
     t0: Instant,
     step_t: Instant,
     pub metrics_file: Option<std::fs::File>,
@@ -84,6 +88,8 @@ impl Supervisor {
             states: BTreeMap::new(),
             busy: BTreeMap::new(),
             spans: vec![],
+            gpu_spans: vec![],
+            queues: BTreeMap::new(),
             t0: Instant::now(),
             step_t: Instant::now(),
             metrics_file: None,
@@ -158,6 +164,35 @@ impl Supervisor {
                         secs,
                     });
                 }
+            }
+            Event::GpuBusy {
+                track,
+                name,
+                start,
+                secs,
+            } => {
+                if self.gpu_spans.len() < 200_000 {
+                    let start_s = start
+                        .checked_duration_since(self.t0)
+                        .map_or(0.0, |d| d.as_secs_f64());
+                    self.gpu_spans.push(crate::profile::GpuSpan {
+                        stream: format!("stream:{track}"),
+                        name,
+                        start_s,
+                        secs,
+                    });
+                }
+            }
+            Event::Queue {
+                edge,
+                depth,
+                capacity,
+            } => {
+                crate::profile::record_queue(&edge, depth);
+                let q = self.queues.entry(edge).or_insert((0.0, 0, 0, capacity));
+                q.0 += depth as f64;
+                q.1 += 1;
+                q.2 = q.2.max(depth);
             }
             Event::Done { actor: _, work } => {
                 *self.done.entry(work.step).or_default() += 1;

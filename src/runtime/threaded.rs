@@ -209,6 +209,7 @@ fn actor_thread(
     let mut actor =
         build(node, ctx).map_err(|e| e0(e.context(format!("building actor `{}`", node.name))))?;
     memlog(&node.name, ctx.device);
+    let mut timer = super::gpu_timer::GpuTimer::new(&node.name, &stream).map_err(e0)?;
     if let Some(st) = resume {
         actor.restore(ctx, st).map_err(e0)?;
     }
@@ -276,6 +277,13 @@ fn actor_thread(
                 if !lanes.contains(&work.lane) {
                     continue;
                 }
+                if let Some(tx) = &ctx.events {
+                    let _ = tx.send(Event::Queue {
+                        edge: format!("{}.{port}", ctx.name),
+                        depth: rx.len(),
+                        capacity: rx.capacity().unwrap_or(0),
+                    });
+                }
                 match recv(rx, &ctx.cancel) {
                     Ok((got, p)) => {
                         if got != work {
@@ -311,7 +319,16 @@ fn actor_thread(
                 break;
             }
             let t0 = Instant::now();
+            let gpu_start = match timer {
+                Some(_) => Some(super::gpu_timer::GpuTimer::start(&stream).map_err(we)?),
+                None => None,
+            };
             let out = actor.process(ctx, work, inputs).map_err(we)?;
+            if let (Some(t), Some(ev)) = (timer.as_mut(), gpu_start) {
+                t.end(format!("{} {work}", ctx.name), ev, &stream)
+                    .map_err(we)?;
+                t.poll(ctx.events.as_ref()).map_err(we)?;
+            }
             if let Some(tx) = &ctx.events {
                 let _ = tx.send(Event::Busy {
                     actor: ctx.name.clone(),
@@ -352,6 +369,9 @@ fn actor_thread(
         if stop > plan.start_step {
             emit_state(&mut actor, ctx, stop)?;
         }
+    }
+    if let Some(t) = timer.as_mut() {
+        t.flush(ctx.events.as_ref()).map_err(e0)?;
     }
     actor.finish(ctx).map_err(e0)?;
     // The caller drops `io` after reporting: that closes this actor's out edges (ending its

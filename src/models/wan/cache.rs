@@ -103,6 +103,10 @@ pub struct KvCache {
     frames: Vec<i64>,
     tokens_per_frame: i64,
     cross: Option<Vec<(Tensor, Tensor)>>,
+    /// Frames the first allocation makes room for (`reserve_frames`): a rollout knows its length,
+    /// and one full-size buffer means every exit step's past K/V are views of the same storage
+    /// (growing by doubling would keep each superseded buffer alive until backward).
+    reserve: i64,
 }
 
 /// How one forward call uses the cache (decided once per call, same for every layer).
@@ -126,7 +130,14 @@ impl KvCache {
             frames: Vec::new(),
             tokens_per_frame: 0,
             cross: None,
+            reserve: 0,
         }
+    }
+
+    /// Makes the first buffer allocation hold `frames` frames (the whole rollout), so the cache
+    /// never reallocates. Call before the first forward; `reset` keeps the reservation.
+    pub fn reserve_frames(&mut self, frames: i64) {
+        self.reserve = frames.max(0);
     }
 
     pub(crate) fn num_layers(&self) -> usize {
@@ -135,8 +146,9 @@ impl KvCache {
 
     /// Drops everything (new rollout / new prompts).
     pub fn reset(&mut self) {
-        let n = self.bufs.len();
+        let (n, reserve) = (self.bufs.len(), self.reserve);
         *self = KvCache::new(n);
+        self.reserve = reserve;
     }
 
     /// Absolute indices of the cached frames.
@@ -225,7 +237,8 @@ impl KvCache {
         CallPlan::Concat(Some(PastSel::Index(token_index(&pos, tpf, device))))
     }
 
-    /// Grows every layer's buffers to hold `tokens` (doubling), keeping the committed tokens.
+    /// Grows every layer's buffers to hold `tokens` (doubling, at least the reservation), keeping
+    /// the committed tokens.
     fn ensure_capacity(&mut self, tokens: i64, shape: [i64; 3], kind: Kind, device: Device) {
         let [b, h, d] = shape;
         let committed = self.frames.len() as i64 * self.tokens_per_frame;
@@ -241,7 +254,9 @@ impl KvCache {
             if cap >= tokens {
                 continue;
             }
-            let new_cap = tokens.max(2 * cap);
+            let new_cap = tokens
+                .max(2 * cap)
+                .max(self.reserve * self.tokens_per_frame);
             let nk = Tensor::empty([b, new_cap, h, d], (kind, device));
             let nv = Tensor::empty([b, new_cap, h, d], (kind, device));
             if let Some((k, v)) = slot.take() {
