@@ -47,6 +47,19 @@ void sf_tensor_vec_free(void* vec) { delete static_cast<TensorVec*>(vec); }
 void sf_string_set(void* s, const char* msg, size_t len) {
   static_cast<std::string*>(s)->assign(msg, len);
 }
+
+// ---- gradients ----
+// Drops a tensor's .grad (PyTorch's zero_grad(set_to_none=True)): the memory returns to the
+// allocator until the next backward creates a fresh gradient. tch can only zero it in place.
+int sf_clear_grad(const at::Tensor* t) {
+  try {
+    t->mutable_grad().reset();
+    return 0;
+  } catch (const std::exception& e) {
+    stillflow_shim::set_last_error(std::string("clear_grad: ") + e.what());
+    return 1;
+  }
+}
 }
 
 // ---- activation checkpointing ----

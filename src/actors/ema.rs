@@ -51,7 +51,11 @@ impl Actor for EmaActor {
     }
 
     fn state(&mut self) -> Result<Option<ActorState>> {
-        let tensors = self.ema.state_tensors().unwrap_or_default();
+        // Host copies: the shadow keeps being updated in place while the checkpoint is written.
+        let mut tensors = Vec::new();
+        for (k, v) in self.ema.state_tensors().unwrap_or_default() {
+            tensors.push((k, crate::checkpoint::host_snapshot(&v)?));
+        }
         let json = serde_json::json!({ "active": self.ema.is_active(), "start_version": self.start_version, "last_version": self.last });
         Ok(Some(ActorState { tensors, json }))
     }

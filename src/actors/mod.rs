@@ -4,6 +4,7 @@ pub mod denoising_loss;
 pub mod distribution_loss;
 pub mod ema;
 pub mod evaluator;
+pub mod flops;
 pub mod latent_source;
 pub mod noiser;
 pub mod optimizer;

@@ -211,8 +211,13 @@ fn run(cli: Cli) -> Result<(), String> {
         Cmd::Profile { flops_per_step } => {
             let loaded = cli.common.load()?;
             let _srv = serve(&cli.common)?;
+            // Model FLOPs per step: given, or counted for Wan generator/critic pipelines.
+            let flops = flops_per_step.or_else(|| {
+                stillflow::actors::flops::self_forcing_step_flops(&loaded.config)
+                    .map(|f| f.per_step)
+            });
             let extras = stillflow::profile::ProfileExtras {
-                model_flops_per_step: flops_per_step,
+                model_flops_per_step: flops,
                 batch_size: (loaded.config.batch_size as u64)
                     * loaded.config.gradient_accumulation_steps,
                 ..Default::default()
@@ -239,6 +244,8 @@ fn run(cli: Cli) -> Result<(), String> {
             let extras = stillflow::profile::ProfileExtras {
                 batch_size: (cfg.batch_size as u64) * cfg.gradient_accumulation_steps,
                 peak_memory: stillflow::profile::cuda_peak_memory(),
+                model_flops_per_step: stillflow::actors::flops::self_forcing_step_flops(&cfg)
+                    .map(|f| f.per_step),
                 ..Default::default()
             };
             let prof = stillflow::profile::write_run_profile(&report, &extras)
@@ -257,6 +264,12 @@ fn run(cli: Cli) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
+    // Expandable segments let the caching allocator grow blocks in place instead of keeping
+    // differently-sized free blocks: the long rollouts and score passes of a step otherwise
+    // fragment memory. Set before anything touches CUDA; a user's own setting wins.
+    if std::env::var_os("PYTORCH_CUDA_ALLOC_CONF").is_none() {
+        std::env::set_var("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True");
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -92,6 +92,19 @@ pub struct StateFile {
 }
 
 /// `logdir/checkpoints`.
+/// A snapshot of `t` in host memory for a checkpoint: a GPU tensor is copied to the host (the
+/// checkpoint goes to disk anyway, and a second device copy of the optimizer state would not fit
+/// next to training), a CPU tensor is cloned (the actor keeps training while it is written).
+pub fn host_snapshot(t: &tch::Tensor) -> Result<tch::Tensor> {
+    let t = t.detach();
+    let s = if t.device() == tch::Device::Cpu {
+        t.f_detach_copy()
+    } else {
+        t.f_to_device(tch::Device::Cpu)
+    };
+    s.map_err(|e| anyhow::anyhow!("copying a tensor {:?} for the checkpoint: {e}", t.size()))
+}
+
 pub fn checkpoints_dir(logdir: &Path) -> PathBuf {
     logdir.join("checkpoints")
 }

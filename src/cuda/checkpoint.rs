@@ -138,3 +138,12 @@ where
         Err(e) => panic!("{e:#}"),
     }
 }
+
+/// Drops `t`'s gradient (`.grad` becomes undefined, as `zero_grad(set_to_none=True)`), returning its
+/// memory to the allocator until the next backward. A later backward creates a fresh gradient
+/// equal to what accumulating into zeros would give.
+pub fn clear_grad(t: &Tensor) -> Result<()> {
+    // SAFETY: `t` is a live tensor for the duration of the call; the shim only resets its grad.
+    let rc = unsafe { ffi::sf_clear_grad(t.as_ptr()) };
+    ffi::check(rc, "clear_grad")
+}

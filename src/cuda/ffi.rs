@@ -23,6 +23,7 @@ extern "C" {
     pub fn sf_tensor_vec_get(vec: *const c_void, i: i64) -> *mut C_tensor;
     pub fn sf_tensor_vec_free(vec: *mut c_void);
     pub fn sf_string_set(s: *mut c_void, msg: *const c_char, len: usize);
+    pub fn sf_clear_grad(t: *const C_tensor) -> c_int;
     pub fn sf_checkpoint(
         cb: CkptCallback,
         user: *mut c_void,

@@ -11,7 +11,7 @@ mod ffi;
 pub mod memory;
 pub mod stream;
 
-pub use checkpoint::{checkpoint, try_checkpoint};
+pub use checkpoint::{checkpoint, clear_grad, try_checkpoint};
 pub use memory::{
     device_count, device_description, device_properties, memlog, memlog_enabled, memory_stats,
     reset_peak, DeviceProps, MemStats,

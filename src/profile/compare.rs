@@ -68,43 +68,60 @@ impl Comparison {
         (base > 0.0).then(|| r / base)
     }
 
-    /// One row per schedule.
+    /// One row per schedule. Per-step times leave out the first (warm-up) step; `s/iter` is the
+    /// steady-state time per step, which averages critic-only and generator steps in their ratio
+    /// when the run covers whole generator periods.
     pub fn markdown_table(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "| schedule | steps | wall s | steps/s (wall) | steps/s (steady) | s/iter (steady) | speed-up vs serial | overlap | overlap (steady) | max concurrency | last generator loss | last critic loss |"
+            "| schedule | steps | wall s | s/iter (steady) | speed-up vs serial | s per critic-only step | s per generator step | MFU | peak GiB | overlap (actors) | overlap (GPU streams) | last generator loss | last critic loss |"
         );
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         let f = |v: Option<f64>| v.map(|x| format!("{x:.6}")).unwrap_or_else(|| "-".into());
+        let stat = |st: &super::stats::Stat| {
+            if st.n > 0 {
+                format!("{:.3}", st.mean)
+            } else {
+                "-".into()
+            }
+        };
         for (i, r) in self.runs.iter().enumerate() {
             let p = &r.summary;
             let rate = r.rate();
+            let peak = p
+                .peak_memory
+                .iter()
+                .map(|m| m.peak_allocated)
+                .max()
+                .map(|b| format!("{:.1}", b as f64 / (1u64 << 30) as f64))
+                .unwrap_or_else(|| "-".into());
             let _ = writeln!(
                 s,
-                "| {} | {} | {:.2} | {:.3} | {} | {} | {} | {:.3} | {} | {} | {} | {} |",
+                "| {} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 p.schedule,
                 p.steps,
                 p.wall_s,
-                p.steps_per_s,
-                if p.steady_steps_per_s > 0.0 {
-                    format!("{:.3}", p.steady_steps_per_s)
-                } else {
-                    "-".into()
-                },
                 if rate > 0.0 {
-                    format!("{:.4}", 1.0 / rate)
+                    format!("{:.3}", 1.0 / rate)
                 } else {
                     "-".into()
                 },
                 self.speedup(i)
                     .map(|x| format!("{x:.2}×"))
                     .unwrap_or_else(|| "-".into()),
-                p.overlap,
-                p.steady_overlap
-                    .map(|o| format!("{o:.3}"))
+                stat(&p.step_times.critic_only),
+                stat(&p.step_times.generator),
+                p.mfu
+                    .map(|m| format!("{:.1} %", 100.0 * m))
                     .unwrap_or_else(|| "-".into()),
-                p.concurrency.max_concurrency,
+                peak,
+                p.steady_overlap
+                    .map(|o| format!("{o:.2}"))
+                    .unwrap_or_else(|| format!("{:.2}", p.overlap)),
+                p.gpu_overlap
+                    .map(|o| format!("{o:.2}"))
+                    .unwrap_or_else(|| "-".into()),
                 f(r.last_generator_loss),
                 f(r.last_critic_loss),
             );

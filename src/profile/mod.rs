@@ -10,7 +10,9 @@ pub mod stats;
 pub mod trace;
 
 pub use compare::{run_profile, run_profile_with, Comparison, ScheduleRun};
-pub use prom::{record_busy, record_queue, record_step, record_summary, serve_prometheus, PrometheusServer};
+pub use prom::{
+    record_busy, record_queue, record_step, record_summary, serve_prometheus, PrometheusServer,
+};
 pub use report::{
     cuda_peak_memory, reset_peak_memory, write_profile, write_run_profile, DeviceMemory,
     ProfileExtras, ProfileSummary, QueueDepth,

@@ -148,12 +148,17 @@ impl ProfileSummary {
         for g in &extras.gpu_spans {
             *gpu_busy.entry(g.stream.clone()).or_default() += g.secs;
         }
+        let window = stats::steady_window(&report.history);
+        // In the steady window when there is one (the first step builds models and allocates).
         let gpu_overlap = (!extras.gpu_spans.is_empty()).then(|| {
-            stats::concurrency(extras.gpu_spans.iter().map(|g| (g.start_s, g.secs))).overlap_s
-                / wall
+            let iv = extras.gpu_spans.iter().map(|g| (g.start_s, g.secs));
+            match window {
+                Some((lo, hi)) => stats::concurrency_in(iv, lo, hi).overlap_s / (hi - lo),
+                None => stats::concurrency(iv).overlap_s / wall,
+            }
         });
         let peak_flops = extras.peak_flops.unwrap_or(stats::H100_BF16_PEAK_FLOPS);
-        let steady = stats::steady_window(&report.history).map(|(lo, hi)| {
+        let steady = window.map(|(lo, hi)| {
             let c = stats::concurrency_in(spans.iter().map(|s| (s.start_s, s.secs)), lo, hi);
             (c.overlap_s / (hi - lo), hi - lo)
         });

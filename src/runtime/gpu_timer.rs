@@ -46,7 +46,12 @@ impl GpuTimer {
     }
 
     /// Records the end event of the item started with `start`.
-    pub(super) fn end(&mut self, name: String, start: CudaEvent, stream: &CudaStream) -> Result<()> {
+    pub(super) fn end(
+        &mut self,
+        name: String,
+        start: CudaEvent,
+        stream: &CudaStream,
+    ) -> Result<()> {
         let mut e = CudaEvent::new(true)?;
         e.record(stream)?;
         self.pending.push_back((name, start, e));

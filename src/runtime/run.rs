@@ -179,10 +179,16 @@ pub fn train(cfg: RunConfig, opts: &RunOptions) -> Result<RunReport> {
         logdir: logdir.clone(),
         build: Arc::new(crate::actors::registry::build),
         resume: states,
-        stateful_kinds: crate::actors::registry::STATEFUL
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+        // No checkpoints, no state snapshots: a benchmark (`save_checkpoints: false`) should not
+        // spend its last step copying optimizer state to the host.
+        stateful_kinds: if cfg.save_checkpoints {
+            crate::actors::registry::STATEFUL
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        } else {
+            vec![]
+        },
         checkpoint_every: wiring.checkpoint_every.unwrap_or(cfg.log_iters),
     };
     let window = match mode {
@@ -242,12 +248,14 @@ pub fn train(cfg: RunConfig, opts: &RunOptions) -> Result<RunReport> {
         queue_depths: sup
             .queues
             .iter()
-            .map(|(edge, &(sum, n, max, capacity))| crate::profile::QueueDepth {
-                edge: edge.clone(),
-                mean: sum / n.max(1) as f64,
-                max: max as f64,
-                capacity,
-            })
+            .map(
+                |(edge, &(sum, n, max, capacity))| crate::profile::QueueDepth {
+                    edge: edge.clone(),
+                    mean: sum / n.max(1) as f64,
+                    max: max as f64,
+                    capacity,
+                },
+            )
             .collect(),
         checkpoints: sup.checkpoints_written,
         stopped_by_signal: sup.stop_requested

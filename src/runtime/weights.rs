@@ -129,6 +129,14 @@ impl WeightsHub {
                     // Make the reader's current stream wait for the publisher's copy.
                     if let Ok(s) = crate::cuda::CudaStream::current_for(t0.device()) {
                         let _ = ev.block(&s);
+                        // The reader's copies run on its stream after the lock is released; the
+                        // publisher may prune this snapshot meanwhile, so the allocator must not
+                        // hand its memory out again before the reader's stream is done with it.
+                        if !s.is_host() {
+                            for (_, x) in t.iter() {
+                                let _ = crate::cuda::record_stream(x, &s);
+                            }
+                        }
                     }
                 }
                 return Ok(f(v, t));

@@ -5,6 +5,7 @@
 mod block;
 pub mod cache;
 pub mod config;
+pub mod flops;
 pub mod init;
 pub mod model;
 pub mod rope;
