@@ -55,13 +55,21 @@ fn plots_from_synthetic_logs() {
             l
         })
         .collect();
-    write_lines(&d.path().join("metrics.jsonl"), &metrics, "{\"step\": 400, \"critic_lo");
+    write_lines(
+        &d.path().join("metrics.jsonl"),
+        &metrics,
+        "{\"step\": 400, \"critic_lo",
+    );
     let files = write_plots(d.path()).unwrap();
     let names: Vec<String> = files
         .iter()
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(names, vec!["losses.png", "grad_norms.png"], "no eval.jsonl, no quality plot");
+    assert_eq!(
+        names,
+        vec!["losses.png", "grad_norms.png"],
+        "no eval.jsonl, no quality plot"
+    );
     let (w, h, px) = decode(&d.path().join("plots/losses.png"));
     assert_eq!((w, h), (960, 720));
     // Panel 1 (top half): generator loss in blue; panel 2 (bottom half): critic loss in orange.
@@ -72,7 +80,7 @@ fn plots_from_synthetic_logs() {
     assert!(blue.iter().filter(|&&y| y < h / 2).count() > plot_rows(&blue) / 2);
     assert!(orange.iter().filter(|&&y| y >= h / 2).count() > plot_rows(&orange) / 2);
 
-    // Evaluations at generator versions 0, 10, …, 80 (ratio 5 → steps 0 … 400).
+    // Evaluations at generator versions 0, 10, …, 80 (ratio 5 → steps 0, 46, …, 396).
     std::fs::write(
         d.path().join("config.resolved.json"),
         "{\"dfake_gen_update_ratio\": 5}",
@@ -91,14 +99,17 @@ fn plots_from_synthetic_logs() {
     assert_eq!(files.len(), 3);
     let (w, h, px) = decode(&d.path().join("plots/quality.png"));
     assert_eq!((w, h), (960, 720));
-    assert!(rows_with(w, &px, [44, 160, 44]).len() > 20, "coverage (green)");
+    assert!(
+        rows_with(w, &px, [44, 160, 44]).len() > 20,
+        "coverage (green)"
+    );
     let colours: std::collections::HashSet<&[u8]> = px.chunks(3).collect();
     assert!(colours.len() > 8);
-    // The x axis spans the steps: quality points at version·ratio reach step 400.
+    // Version v is plotted after the step of its update: (v − 1)·5 + 1.
     let eval_lines = read_jsonl(&d.path().join("eval.jsonl")).unwrap();
     let figs = figures(&[], &eval_lines, 5.0);
     let q = &figs.iter().find(|(n, _)| *n == "quality").unwrap().1;
-    assert_eq!(q[0].series[0].points.last(), Some(&(400.0, 1.0 / 9.0)));
+    assert_eq!(q[0].series[0].points.last(), Some(&(396.0, 1.0 / 9.0)));
 }
 
 #[test]

@@ -51,21 +51,33 @@ fn fails(args: &[&str], needles: &[&str]) {
     }
 }
 
-/// A 6-step toy DMD run (checkpoints at steps 3 and 6; the EMA starts at step 5), trained once
-/// per test process.
+/// An 11-step toy DMD run (checkpoints at steps 3, 6, 9 and 11; generator updates at steps 0, 5
+/// and 10; the EMA starts from version 2, made at step 5), trained once per test process.
 fn trained() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let root =
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("sample_cli_{}", std::process::id()));
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sample_cli");
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
         let logdir = root.join("run");
         let l = logdir.to_str().unwrap();
         ok(&[
-            "--steps", "6", "--logdir", l, "--set", "batch_size=2", "--set",
-            "toy.eval_samples=16", "--set", "log_iters=3", "--set", "ema_start_step=5",
-            "--set", "progress=false",
+            "--steps",
+            "11",
+            "--logdir",
+            l,
+            "--set",
+            "batch_size=2",
+            "--set",
+            "toy.eval_samples=16",
+            "--set",
+            "log_iters=3",
+            "--set",
+            "ema_start_step=6",
+            "--set",
+            "progress=false",
+            "--set",
+            "keep_checkpoints=0",
         ]);
         logdir
     })
@@ -115,16 +127,33 @@ fn writes_latents_pictures_and_quality() {
     assert_eq!(&gif[..6], b"GIF89a");
     let q: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("quality.json")).unwrap()).unwrap();
-    for k in ["coverage", "mass_err_max", "precision", "std_ratio", "sliced_w2", "cross_entropy"] {
+    for k in [
+        "coverage",
+        "mass_err_max",
+        "precision",
+        "std_ratio",
+        "sliced_w2",
+        "cross_entropy",
+    ] {
         assert!(q[k].is_number(), "quality.json lacks {k}: {q}");
     }
     assert_eq!(q["n"].as_u64(), Some(10));
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("samples.json")).unwrap()).unwrap();
-    assert_eq!(meta["step"].as_u64(), Some(6), "newest checkpoint of the logdir");
+    assert_eq!(
+        meta["step"].as_u64(),
+        Some(11),
+        "newest checkpoint of the logdir"
+    );
     assert_eq!(meta["weights"], "generator");
     assert_eq!(meta["seed"].as_u64(), Some(7));
-    for needle in ["sliced W2", "mode coverage", "cross-entropy", "grid.png", "frames.gif"] {
+    for needle in [
+        "sliced W2",
+        "mode coverage",
+        "cross-entropy",
+        "grid.png",
+        "frames.gif",
+    ] {
         assert!(stdout.contains(needle), "stdout lacks {needle}:\n{stdout}");
     }
 }
@@ -144,14 +173,26 @@ fn same_seed_same_bytes_other_seed_differs() {
     let (xc, _) = load(&c);
     assert!(!xa.equal(&xc), "another seed gives other samples");
     // Same prompts, so the difference is the noise: every sample changes.
-    let d = (&xa - &xc).abs().flatten(1, -1).amax([1i64].as_slice(), false);
-    assert!(f64::try_from(d.min()).unwrap() > 1e-4, "every sample differs: {d}");
+    let d = (&xa - &xc)
+        .abs()
+        .flatten(1, -1)
+        .amax([1i64].as_slice(), false);
+    assert!(
+        f64::try_from(d.min()).unwrap() > 1e-4,
+        "every sample differs: {d}"
+    );
 }
 
 #[test]
 fn sample_k_does_not_depend_on_n_or_batch_size() {
-    let (a, _) = sample("n6", &["--num-samples", "6", "--seed", "3", "--batch-size", "6"]);
-    let (b, _) = sample("n4b3", &["--num-samples", "4", "--seed", "3", "--batch-size", "3"]);
+    let (a, _) = sample(
+        "n6",
+        &["--num-samples", "6", "--seed", "3", "--batch-size", "6"],
+    );
+    let (b, _) = sample(
+        "n4b3",
+        &["--num-samples", "4", "--seed", "3", "--batch-size", "3"],
+    );
     let (xa, _) = load(&a);
     let (xb, _) = load(&b);
     let head = xa.narrow(0, 0, 4);
@@ -169,15 +210,23 @@ fn use_ema_and_its_absence() {
     assert!(stdout.contains("ema weights"), "{stdout}");
     let (xg, _) = load(&g);
     let (xe, _) = load(&e);
+    // The shadow has averaged versions 2 and 3: not the generator's weights.
     assert!(!xg.equal(&xe), "EMA weights differ from the generator's");
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(e.join("samples.json")).unwrap()).unwrap();
     assert_eq!(meta["weights"], "ema");
-    // Step 3 < ema_start_step 5: no EMA yet.
+    // At step 3 the generator is at version 1: no EMA yet.
     let c3 = ckpt(3);
     fails(
-        &["sample", "--checkpoint", c3.to_str().unwrap(), "--use-ema", "--num-samples", "2"],
-        &["--use-ema", "no EMA weights yet", "ema_start_step = 5"],
+        &[
+            "sample",
+            "--checkpoint",
+            c3.to_str().unwrap(),
+            "--use-ema",
+            "--num-samples",
+            "2",
+        ],
+        &["--use-ema", "no EMA weights yet", "ema_start_step = 6"],
     );
 }
 
@@ -185,7 +234,13 @@ fn use_ema_and_its_absence() {
 fn fixed_prompt_and_default_output_folder() {
     let c3 = ckpt(3);
     let stdout = ok(&[
-        "sample", "--checkpoint", c3.to_str().unwrap(), "--num-samples", "5", "--prompt", "3",
+        "sample",
+        "--checkpoint",
+        c3.to_str().unwrap(),
+        "--num-samples",
+        "5",
+        "--prompt",
+        "3",
     ]);
     let out = c3.join("samples");
     assert!(stdout.contains("class 3"), "{stdout}");
@@ -196,7 +251,13 @@ fn fixed_prompt_and_default_output_folder() {
         serde_json::from_slice(&std::fs::read(out.join("quality.json")).unwrap()).unwrap();
     assert_eq!(q["class"].as_u64(), Some(3));
     fails(
-        &["sample", "--checkpoint", c3.to_str().unwrap(), "--prompt", "8"],
+        &[
+            "sample",
+            "--checkpoint",
+            c3.to_str().unwrap(),
+            "--prompt",
+            "8",
+        ],
         &["--prompt 8", "8 classes"],
     );
 }
@@ -244,11 +305,23 @@ fn bad_checkpoints_fail_cleanly() {
         &["state.json", "not a valid checkpoint"],
     );
     fails(
-        &["sample", "--checkpoint", ckpt(6).to_str().unwrap(), "--steps", "3"],
+        &[
+            "sample",
+            "--checkpoint",
+            ckpt(6).to_str().unwrap(),
+            "--steps",
+            "3",
+        ],
         &["--steps", "does not apply"],
     );
     fails(
-        &["sample", "--checkpoint", ckpt(6).to_str().unwrap(), "--set", "lr_critc=1"],
+        &[
+            "sample",
+            "--checkpoint",
+            ckpt(6).to_str().unwrap(),
+            "--set",
+            "lr_critc=1",
+        ],
         &["lr_critc"],
     );
 }
@@ -281,8 +354,17 @@ fn the_run_drew_its_plots() {
         assert!(has_colour(&px, [0, 0, 0]) > 500, "{name}: no text or axes");
     }
     let (_, _, px) = decode_png(&dir.join("losses.png"));
-    assert!(has_colour(&px, [31, 119, 180]) > 50, "generator curve (blue)");
-    assert!(has_colour(&px, [255, 127, 14]) > 50, "critic curve (orange)");
+    assert!(
+        has_colour(&px, [31, 119, 180]) > 50,
+        "generator curve (blue)"
+    );
+    assert!(
+        has_colour(&px, [255, 127, 14]) > 50,
+        "critic curve (orange)"
+    );
     let (_, _, px) = decode_png(&dir.join("quality.png"));
-    assert!(has_colour(&px, [44, 160, 44]) > 20, "coverage curve (green)");
+    assert!(
+        has_colour(&px, [44, 160, 44]) > 20,
+        "coverage curve (green)"
+    );
 }

@@ -7,11 +7,11 @@
 //! public-domain 8×8 glyphs of the `font8x8` crate (ASCII), scaled by whole pixels, so charts
 //! render identically everywhere and need no font at all.
 
-use plotters::backend::{
+use plotters::prelude::BitMapBackend;
+use plotters_backend::text_anchor::{HPos, VPos};
+use plotters_backend::{
     BackendColor, BackendCoord, BackendStyle, BackendTextStyle, DrawingBackend, DrawingErrorKind,
 };
-use plotters::prelude::BitMapBackend;
-use plotters::style::text_anchor::{HPos, VPos};
 
 /// Pixels per glyph cell edge at scale 1.
 const CELL: i32 = 8;

@@ -60,12 +60,17 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Value>> {
         .collect())
 }
 
-/// Finite (x, y) pairs of `y_key` against `x_key` (x scaled by `x_scale`), in file order.
-pub fn series_of(lines: &[Value], x_key: &str, y_key: &str, x_scale: f64) -> Vec<(f64, f64)> {
+/// Finite (x, y) pairs of `y_key` against `x_key` (mapped by `fx`), in file order.
+pub fn series_of(
+    lines: &[Value],
+    x_key: &str,
+    y_key: &str,
+    fx: impl Fn(f64) -> f64,
+) -> Vec<(f64, f64)> {
     lines
         .iter()
         .filter_map(|l| {
-            let x = l.get(x_key)?.as_f64()? * x_scale;
+            let x = fx(l.get(x_key)?.as_f64()?);
             let y = l.get(y_key)?.as_f64()?;
             (x.is_finite() && y.is_finite()).then_some((x, y))
         })
@@ -101,19 +106,25 @@ fn thin(p: &[(f64, f64)]) -> Vec<(f64, f64)> {
     out
 }
 
-/// Axis labels: short, and scientific only where plain digits would be unreadable.
+/// Axis labels: at most 4 significant digits without trailing zeros, integers as integers,
+/// scientific notation only where plain digits would be unreadable.
 pub fn fmt_num(v: f64) -> String {
     let a = v.abs();
     if v == 0.0 {
-        "0".into()
-    } else if !(1e-3..1e5).contains(&a) {
-        format!("{v:.1e}")
-    } else if a >= 100.0 {
-        format!("{v:.0}")
-    } else if a >= 1.0 {
-        format!("{v:.2}")
+        return "0".into();
+    }
+    if !(1e-3..1e5).contains(&a) {
+        return format!("{v:.1e}");
+    }
+    if v.fract() == 0.0 {
+        return format!("{v:.0}");
+    }
+    let decimals = (3 - a.log10().floor() as i32).clamp(0, 6) as usize;
+    let s = format!("{v:.decimals$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
     } else {
-        format!("{v:.3}")
+        s
     }
 }
 
@@ -153,6 +164,7 @@ where
     let mut chart = ChartBuilder::on(area)
         .caption(&panel.title, ("sans-serif", 28))
         .margin(12)
+        .margin_right(28)
         .x_label_area_size(40)
         .y_label_area_size(84)
         .build_cartesian_2d(x0..x1, y0..y1)
@@ -191,13 +203,18 @@ where
         if single || main.len() <= 40 {
             // Few points (evaluations): mark each one.
             chart
-                .draw_series(main.iter().map(|&(x, y)| Circle::new((x, y), 3, c.filled())))
+                .draw_series(
+                    main.iter()
+                        .map(|&(x, y)| Circle::new((x, y), 3, c.filled())),
+                )
                 .map_err(e)?;
         }
     }
     chart
         .configure_series_labels()
-        .label_font(("sans-serif", 12))
+        // 18: plotters sizes the legend box with its font-free estimate (0.455·size per
+        // character), which then matches the 8-pixel glyphs.
+        .label_font(("sans-serif", 18))
         .background_style(WHITE.mix(0.85))
         .border_style(RGBColor(160, 160, 160))
         .position(SeriesLabelPosition::UpperRight)
@@ -247,13 +264,22 @@ fn curve(label: &str, points: Vec<(f64, f64)>, color: RGBColor, smooth: bool) ->
     }
 }
 
+/// Where an evaluation of generator version v goes on the step axis: version v ≥ 1 is made by the
+/// generator update at the start of step (v − 1)·ratio, so it is plotted once that step is done,
+/// at (v − 1)·ratio + 1 completed steps; version 0 (the initial weights) at 0.
+pub fn version_step(v: f64, ratio: f64) -> f64 {
+    if v < 1.0 {
+        0.0
+    } else {
+        (v - 1.0) * ratio + 1.0
+    }
+}
+
 /// The panels of each plot file, from the lines of `metrics.jsonl` and `eval.jsonl`.
 /// `ratio` (dfake_gen_update_ratio) converts the evaluator's generator versions to steps.
 pub fn figures(metrics: &[Value], eval: &[Value], ratio: f64) -> Vec<(&'static str, Vec<Panel>)> {
-    let m = |k: &str| series_of(metrics, "step", k, 1.0);
-    // Generator version v is the generator after v updates, i.e. after step v·ratio − ratio;
-    // plotting it at v·ratio puts it where the next update would start.
-    let q = |k: &str| series_of(eval, "generator_version", k, ratio);
+    let m = |k: &str| series_of(metrics, "step", k, |s| s);
+    let q = |k: &str| series_of(eval, "generator_version", k, |v| version_step(v, ratio));
     vec![
         (
             "losses",
@@ -286,7 +312,12 @@ pub fn figures(metrics: &[Value], eval: &[Value], ratio: f64) -> Vec<(&'static s
                 panel(
                     "critic gradient norm (before clipping)",
                     "grad norm",
-                    vec![curve("critic_grad_norm", m("critic_grad_norm"), ORANGE, true)],
+                    vec![curve(
+                        "critic_grad_norm",
+                        m("critic_grad_norm"),
+                        ORANGE,
+                        true,
+                    )],
                 ),
             ],
         ),
@@ -357,14 +388,22 @@ mod tests {
             serde_json::json!({"step": 2, "a": null}),
             serde_json::json!({"step": 3, "a": 4.0}),
         ];
-        assert_eq!(series_of(&lines, "step", "a", 2.0), vec![(0.0, 1.0), (6.0, 4.0)]);
+        assert_eq!(
+            series_of(&lines, "step", "a", |x| 2.0 * x),
+            vec![(0.0, 1.0), (6.0, 4.0)]
+        );
+        assert_eq!(version_step(0.0, 5.0), 0.0);
+        assert_eq!(version_step(3.0, 5.0), 11.0);
     }
 
     #[test]
     fn number_labels_stay_short() {
         assert_eq!(fmt_num(0.0), "0");
         assert_eq!(fmt_num(1234.0), "1234");
-        assert_eq!(fmt_num(0.01234), "0.012");
+        assert_eq!(fmt_num(10.0), "10");
+        assert_eq!(fmt_num(0.9), "0.9");
+        assert_eq!(fmt_num(1.25), "1.25");
+        assert_eq!(fmt_num(0.012345), "0.01235");
         assert_eq!(fmt_num(2.5e-5), "2.5e-5");
     }
 }

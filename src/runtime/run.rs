@@ -94,7 +94,10 @@ pub fn resolve_mode(cfg: &RunConfig, file: &crate::graph::Schedule) -> Result<Mo
 /// stop a training run.
 fn refresh_plots(logdir: &Path) {
     if let Err(e) = crate::report::write_plots(logdir) {
-        eprintln!("warning: plots in {}: {e:#}", logdir.join("plots").display());
+        eprintln!(
+            "warning: plots in {}: {e:#}",
+            logdir.join("plots").display()
+        );
     }
 }
 

@@ -104,7 +104,9 @@ fn pick_part(state: &checkpoint::StateFile, use_ema: bool) -> Result<(String, &'
     let file = |n: &str| format!("{n}.safetensors");
     if use_ema {
         // The EMA actor's state: {"active", "start_version", …}.
-        let Some((name, st)) = actors.iter().find(|(_, v)| v.get("start_version").is_some())
+        let Some((name, st)) = actors
+            .iter()
+            .find(|(_, v)| v.get("start_version").is_some())
         else {
             bail!(
                 "--use-ema: checkpoint of step {} has no EMA (its pipeline has no `ema` actor)",
@@ -295,7 +297,8 @@ pub fn sample(opts: &SampleOptions) -> Result<SampleReport> {
 
     let cfg = Arc::new(cfg);
     let ctx = standalone_ctx(cfg.clone(), opts.seed, device, &out);
-    let rollout = Rollout::new(&ctx).context("building the generator from the checkpoint's config")?;
+    let rollout =
+        Rollout::new(&ctx).context("building the generator from the checkpoint's config")?;
     let weights: Vec<(String, Tensor)> = tensors
         .into_iter()
         .filter_map(|(k, t)| k.strip_prefix(prefix).map(|n| (n.to_string(), t)))
@@ -343,7 +346,9 @@ pub fn sample(opts: &SampleOptions) -> Result<SampleReport> {
         outs.push(x.narrow(0, 0, chunk.min(n - first) as i64));
     }
     let latents = Tensor::cat(&outs, 0);
-    write_outputs(opts, &cfg, &dir, &state, &part, &out, latents, &ids, &labels)
+    write_outputs(
+        opts, &cfg, &dir, &state, &part, &out, latents, &ids, &labels,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -423,16 +428,46 @@ fn write_outputs(
 
 /// The quality report as a table (metric, value, what exact samples give).
 pub fn quality_table(q: &QualityReport) -> String {
-    let class = q.class.map_or("all classes".to_string(), |c| format!("class {c}"));
+    let class = q
+        .class
+        .map_or("all classes".to_string(), |c| format!("class {c}"));
     let rows: Vec<(&str, String, String)> = vec![
-        ("mode coverage", format!("{:.3}", q.coverage), format!("1 ({} modes)", q.modes)),
-        ("mass error (max)", format!("{:.4}", q.mass_err_max), "0".into()),
-        ("mass error (mean)", format!("{:.4}", q.mass_err_mean), "0".into()),
-        ("precision", format!("{:.3}", q.precision), format!("{:.3}", q.precision_expected)),
+        (
+            "mode coverage",
+            format!("{:.3}", q.coverage),
+            format!("1 ({} modes)", q.modes),
+        ),
+        (
+            "mass error (max)",
+            format!("{:.4}", q.mass_err_max),
+            "0".into(),
+        ),
+        (
+            "mass error (mean)",
+            format!("{:.4}", q.mass_err_mean),
+            "0".into(),
+        ),
+        (
+            "precision",
+            format!("{:.3}", q.precision),
+            format!("{:.3}", q.precision_expected),
+        ),
         ("std ratio", format!("{:.3}", q.std_ratio), "1".into()),
-        ("sliced W2", format!("{:.4}", q.sliced_w2), format!("{:.4} (floor)", q.sliced_w2_floor)),
-        ("cross-entropy (nats)", format!("{:.3}", q.cross_entropy), format!("{:.3}", q.cross_entropy_exact)),
-        ("frame consistency", format!("{:.3}", q.frame_consistency), "1".into()),
+        (
+            "sliced W2",
+            format!("{:.4}", q.sliced_w2),
+            format!("{:.4} (floor)", q.sliced_w2_floor),
+        ),
+        (
+            "cross-entropy (nats)",
+            format!("{:.3}", q.cross_entropy),
+            format!("{:.3}", q.cross_entropy_exact),
+        ),
+        (
+            "frame consistency",
+            format!("{:.3}", q.frame_consistency),
+            "1".into(),
+        ),
     ];
     let mut s = format!(
         "quality vs the exact teacher ({} samples, {class}):\n  {:<22} {:>10}  {}\n",

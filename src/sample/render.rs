@@ -114,7 +114,8 @@ impl Latents {
         let [_, _, c, h, w] = self.shape;
         let (tw, th) = self.tile_size(mode);
         let z = self.zoom(mode);
-        let mut img = Rgb::new(tw * z, th * z, [255, 255, 255]);
+        // The background shows between channel blocks; white would read as value 0.
+        let mut img = Rgb::new(tw * z, th * z, BG);
         match mode {
             Rendering::Pixels => {
                 for y in 0..h {
