@@ -125,6 +125,15 @@ fn writes_latents_pictures_and_quality() {
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     let gif = std::fs::read(out.join("frames.gif")).unwrap();
     assert_eq!(&gif[..6], b"GIF89a");
+    // One GIF frame per latent frame.
+    let mut opts = gif::DecodeOptions::new();
+    opts.set_color_output(gif::ColorOutput::RGBA);
+    let mut dec = opts.read_info(std::io::Cursor::new(gif)).unwrap();
+    let mut frames = 0;
+    while dec.read_next_frame().unwrap().is_some() {
+        frames += 1;
+    }
+    assert_eq!(frames, 4);
     let q: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("quality.json")).unwrap()).unwrap();
     for k in [

@@ -343,6 +343,19 @@ fn run(cli: Cli) -> Result<(), String> {
                 "  profile/summary.md, profile/trace.json (overlap {:.2}), profile/metrics.prom",
                 prof.overlap
             );
+            let plots = report.logdir.join("plots");
+            let mut pngs: Vec<String> = std::fs::read_dir(&plots)
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .filter(|n| n.ends_with(".png"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            pngs.sort();
+            if !pngs.is_empty() {
+                say!("  plots/: {}", pngs.join(", "));
+            }
             Ok(())
         }
     }

@@ -35,7 +35,9 @@ pub fn rendering(channels: i64, h: i64, w: i64, toy: bool) -> Rendering {
 
 const BG: [u8; 3] = [236, 236, 236];
 const INK: [u8; 3] = [40, 40, 40];
-const GAP: u32 = 6;
+const GAP: u32 = 10;
+/// Pixels between the channel blocks of one tile.
+const SEP: u32 = 2;
 /// Target edge of one tile in pixels (small latents are upscaled by whole pixels).
 const TILE: u32 = 48;
 
@@ -90,23 +92,33 @@ impl Latents {
         (cols, c.div_ceil(cols))
     }
 
-    /// Unscaled tile size (pixels) of one frame.
+    /// Whole-pixel upscaling of one latent pixel, so a tile is about `TILE` pixels on its longer
+    /// edge.
+    fn zoom(&self, mode: Rendering) -> u32 {
+        let [_, _, _, h, w] = self.shape;
+        let (bc, br) = match mode {
+            Rendering::Channels => self.block_grid(),
+            _ => (1, 1),
+        };
+        (TILE / ((bc * w).max(br * h) as u32).max(1)).max(1)
+    }
+
+    /// Size in pixels of one frame's tile: channel blocks are separated by `SEP` pixels (thin,
+    /// so that they do not read as gaps between frames).
     fn tile_size(&self, mode: Rendering) -> (u32, u32) {
         let [_, _, _, h, w] = self.shape;
+        let z = self.zoom(mode);
         match mode {
             Rendering::Channels => {
                 let (bc, br) = self.block_grid();
-                // one-pixel separators between channel blocks
-                ((bc * (w + 1) - 1) as u32, (br * (h + 1) - 1) as u32)
+                let (bc, br) = (bc as u32, br as u32);
+                (
+                    bc * w as u32 * z + (bc - 1) * SEP,
+                    br * h as u32 * z + (br - 1) * SEP,
+                )
             }
-            _ => (w as u32, h as u32),
+            _ => (w as u32 * z, h as u32 * z),
         }
-    }
-
-    /// Whole-pixel upscaling so a tile is about `TILE` pixels on its longer edge.
-    fn zoom(&self, mode: Rendering) -> u32 {
-        let (tw, th) = self.tile_size(mode);
-        (TILE / tw.max(th).max(1)).max(1)
     }
 
     /// The picture of frame `f` of sample `n`, upscaled.
@@ -115,7 +127,7 @@ impl Latents {
         let (tw, th) = self.tile_size(mode);
         let z = self.zoom(mode);
         // The background shows between channel blocks; white would read as value 0.
-        let mut img = Rgb::new(tw * z, th * z, BG);
+        let mut img = Rgb::new(tw, th, BG);
         match mode {
             Rendering::Pixels => {
                 for y in 0..h {
@@ -136,12 +148,13 @@ impl Latents {
             _ => {
                 let (bc, _) = self.block_grid();
                 for ch in 0..c {
-                    let (bx, by) = ((ch % bc) * (w + 1), (ch / bc) * (h + 1));
+                    let bx = (ch % bc) as u32 * (w as u32 * z + SEP);
+                    let by = (ch / bc) as u32 * (h as u32 * z + SEP);
                     for y in 0..h {
                         for x in 0..w {
                             let v = self.at(n, f, ch, y, x) / self.scale;
-                            let col = diverging(v);
-                            img.fill_rect((bx + x) as u32 * z, (by + y) as u32 * z, z, z, col);
+                            let (px, py) = (bx + x as u32 * z, by + y as u32 * z);
+                            img.fill_rect(px, py, z, z, diverging(v));
                         }
                     }
                 }
@@ -267,11 +280,11 @@ mod tests {
             .reshape([2, 3, 4, 2, 2])
             - 24.0;
         let lat = Latents::new(&x).unwrap();
-        // 4 channels of 2×2 → 2×2 blocks with separators: 5×5, zoomed ×9 → 45 px.
+        // 4 channels of 2×2 → 2×2 blocks of 2×2 pixels zoomed ×12, 2-pixel separators: 50 px.
         let t = lat.tile(0, 0, Rendering::Channels);
-        assert_eq!((t.w, t.h), (45, 45));
+        assert_eq!((t.w, t.h), (50, 50));
         let g = grid(&lat, &["a".into(), "b".into()], Rendering::Channels, 64);
-        assert!(g.w >= 3 * 45 && g.h >= 2 * 45);
+        assert!(g.w >= 3 * 50 && g.h >= 2 * 50);
         let a = animation(&lat, Rendering::Channels, 64);
         assert_eq!(a.len(), 3);
         assert_ne!(a[0], a[2], "frames differ");
