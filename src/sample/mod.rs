@@ -6,7 +6,7 @@
 //! (`actors::rollout::Rollout::generate`: blocks of `num_frame_per_block` frames, the warped
 //! few-step list, the KV cache) with every step run (`last_step_only`: inference has no random
 //! exit step). Randomness is keyed by (seed, row), so the same seed gives the same bytes and
-//! sample k does not depend on N or on the batch size.
+//! sample k gets the same noise whatever N or the batch size (results agree to float rounding).
 //!
 //! Outputs (in `--out`, default `<checkpoint>/samples`, or `samples_ema` with `--use-ema`):
 //! `samples.safetensors` (`latents` [N, F, C, H, W] f32, `prompt_ids` [N] i64), `samples.json`
