@@ -1,7 +1,8 @@
 //! `run-pipeline sample` end to end: a tiny toy run is trained once through the binary, then
-//! sampled: files and shapes, determinism (same seed → same bytes; sample k the same, up to float
-//! rounding, whatever N and the batch size), different seeds differ, `--use-ema` (and its clear error before the EMA
-//! exists), `--prompt`, the default output folder, and bad checkpoints failing cleanly.
+//! sampled: files and shapes, determinism (same seed → same bytes; sample k the same, up to
+//! float rounding, whatever N and the batch size), different seeds differ, `--use-ema` (and its
+//! clear error before the EMA exists), `--prompt`, the default output folder, and bad
+//! checkpoints failing cleanly.
 //! The run's plots (`plots/*.png`) are checked here too, since it is a real run.
 
 use std::path::{Path, PathBuf};
