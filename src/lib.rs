@@ -16,5 +16,7 @@ pub mod losses;
 pub mod models;
 pub mod optim;
 pub mod profile;
+pub mod report;
 pub mod rng;
 pub mod runtime;
+pub mod sample;

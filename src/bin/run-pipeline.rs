@@ -76,6 +76,31 @@ enum Cmd {
     },
     /// Print versions, CUDA devices, and check a bf16 matmul against f32.
     Doctor,
+    /// Generate samples from a checkpoint (few-step, block-causal, KV cache): latents, PNG grid
+    /// and GIF (toy / pixel-space latents), quality report (exact GMM teacher).
+    Sample {
+        /// A checkpoint folder (LOGDIR/checkpoints/step_NNNNNN) or a logdir (its newest checkpoint).
+        #[arg(long, value_name = "DIR")]
+        checkpoint: String,
+        /// Use the EMA weights instead of the generator's.
+        #[arg(long)]
+        use_ema: bool,
+        /// Number of samples.
+        #[arg(long, default_value_t = 64)]
+        num_samples: usize,
+        /// Seed of the noise (the same seed gives the same samples).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output folder (default: CHECKPOINT/samples, or CHECKPOINT/samples_ema with --use-ema).
+        #[arg(long, value_name = "DIR")]
+        out: Option<String>,
+        /// Condition every sample on this prompt id (toy: class); default: cycle over all.
+        #[arg(long, value_name = "ID")]
+        prompt: Option<usize>,
+        /// Samples per generator call (default: the config's batch_size).
+        #[arg(long)]
+        batch_size: Option<usize>,
+    },
     /// Throughput run: train under serial, exact and async, write profiles, print the comparison.
     Profile {
         /// Model FLOPs of one iteration (for MFU); default: none.
@@ -178,6 +203,52 @@ fn serve(common: &Common) -> Result<Option<stillflow::profile::PrometheusServer>
     }
 }
 
+/// `sample`: the override layers are --config files, STILLFLOW__* variables, --set and --device,
+/// applied over the checkpoint's own config.
+fn sample(common: &Common, mut opts: stillflow::sample::SampleOptions) -> Result<(), String> {
+    for (flag, given) in [
+        ("--resume", common.resume),
+        ("--steps", common.steps.is_some()),
+        ("--logdir (use --out)", common.logdir.is_some()),
+        ("--prometheus", common.prometheus.is_some()),
+    ] {
+        if given {
+            return Err(format!("sample: {flag} does not apply to sampling"));
+        }
+    }
+    let mut layers = vec![];
+    for c in &common.configs {
+        layers.push(config::config_layer(c).map_err(|e| e.to_string())?);
+    }
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    layers.extend(config::env_layers(&env).map_err(|e| e.to_string())?);
+    let mut sets = common.sets.clone();
+    if let Some(d) = &common.device {
+        sets.push(format!("device={}", yaml_quote(d)));
+    }
+    for s in &sets {
+        layers.push(config::set_layer(s).map_err(|e| e.to_string())?);
+    }
+    opts.overrides = layers;
+    let r = stillflow::sample::sample(&opts).map_err(|e| format!("sample: {e:#}"))?;
+    say!(
+        "sampled {} x {:?} from {} (step {}, {} weights, seed {})",
+        r.shape[0],
+        &r.shape[1..],
+        r.checkpoint.display(),
+        r.step,
+        r.weights,
+        opts.seed
+    );
+    if let Some(q) = &r.quality {
+        say!("{}", stillflow::sample::quality_table(q).trim_end());
+    }
+    for f in &r.files {
+        say!("  wrote {}", f.display());
+    }
+    Ok(())
+}
+
 fn yaml_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
@@ -207,6 +278,27 @@ fn run(cli: Cli) -> Result<(), String> {
             );
             Ok(())
         }
+        Cmd::Sample {
+            checkpoint,
+            use_ema,
+            num_samples,
+            seed,
+            out,
+            prompt,
+            batch_size,
+        } => sample(
+            &cli.common,
+            stillflow::sample::SampleOptions {
+                checkpoint: checkpoint.into(),
+                use_ema,
+                num_samples,
+                seed,
+                out: out.map(Into::into),
+                prompt,
+                batch_size,
+                overrides: vec![],
+            },
+        ),
         Cmd::Doctor => stillflow::profile::doctor::run().map_err(|e| format!("doctor: {e:#}")),
         Cmd::Profile { flops_per_step } => {
             let loaded = cli.common.load()?;
@@ -258,6 +350,19 @@ fn run(cli: Cli) -> Result<(), String> {
                 "  profile/summary.md, profile/trace.json (overlap {:.2}), profile/metrics.prom",
                 prof.overlap
             );
+            let plots = report.logdir.join("plots");
+            let mut pngs: Vec<String> = std::fs::read_dir(&plots)
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .filter(|n| n.ends_with(".png"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            pngs.sort();
+            if !pngs.is_empty() {
+                say!("  plots/: {}", pngs.join(", "));
+            }
             Ok(())
         }
     }

@@ -92,6 +92,17 @@ pub fn resolve_mode(cfg: &RunConfig, file: &crate::graph::Schedule) -> Result<Mo
     })
 }
 
+/// Redraw `logdir/plots/*.png`. A plot that cannot be drawn is reported, never fatal: it must not
+/// stop a training run.
+fn refresh_plots(logdir: &Path) {
+    if let Err(e) = crate::report::write_plots(logdir) {
+        eprintln!(
+            "warning: plots in {}: {e:#}",
+            logdir.join("plots").display()
+        );
+    }
+}
+
 /// Train with `cfg`. Errors name the actor and step that failed.
 pub fn train(cfg: RunConfig, opts: &RunOptions) -> Result<RunReport> {
     let device = super::parse_device(&cfg.device).context("config key `device`")?;
@@ -203,7 +214,9 @@ pub fn train(cfg: RunConfig, opts: &RunOptions) -> Result<RunReport> {
     if cfg.save_checkpoints && (wiring.checkpoint_every.is_some() || !setup.stateful().is_empty()) {
         let (cfg2, logdir2) = (cfg.clone(), logdir.clone());
         sup.checkpoint = Some(Box::new(move |step, states| {
-            super::ckpt::write(&logdir2, step, states, &cfg2)
+            let dir = super::ckpt::write(&logdir2, step, states, &cfg2)?;
+            refresh_plots(&logdir2);
+            Ok(dir)
         }));
     }
     let progress = super::progress::progress_bar(&cfg, &plan, opts.quiet);
@@ -230,6 +243,8 @@ pub fn train(cfg: RunConfig, opts: &RunOptions) -> Result<RunReport> {
     if let Some(pb) = progress {
         pb.finish_and_clear();
     }
+    // Also after a failure: the curves up to it are what one wants to look at.
+    refresh_plots(&logdir);
     if let Some(e) = &sup.error {
         bail!("{e}");
     }
