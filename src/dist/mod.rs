@@ -1,9 +1,13 @@
-//! Many processes on PyTorch's own distributed engine (see docs/DISTRIBUTED.md): torchrun's
-//! environment (`env`), c10d stores and process groups through the C++ shim (`group`: Gloo on
-//! CPU, NCCL with feature `cuda`).
+//! Many processes on PyTorch's own distributed engine: torchrun's environment (`env`), c10d
+//! stores and process groups through the C++ shim (`group`: Gloo on CPU, NCCL with feature
+//! `cuda`), and the comm layer every collective goes through (`comm`: fixed order, names,
+//! sequence numbers, optional order checks, bucketed gradient all-reduce). See
+//! docs/DISTRIBUTED.md.
+pub mod comm;
 pub mod env;
 mod ffi;
 pub mod group;
 
+pub use comm::{plan_buckets, BucketOptions, Comm, CommOptions};
 pub use env::DistEnv;
 pub use group::{BackendKind, GroupOptions, ProcessGroup, ReduceOp, Store};
