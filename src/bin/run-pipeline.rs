@@ -82,6 +82,9 @@ enum Cmd {
         #[arg(long)]
         flops_per_step: Option<f64>,
     },
+    /// Check the c10d plumbing of this launch (see docs/DISTRIBUTED.md).
+    #[command(hide = true)]
+    DistSelftest,
 }
 
 impl Common {
@@ -208,6 +211,11 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Cmd::Doctor => stillflow::profile::doctor::run().map_err(|e| format!("doctor: {e:#}")),
+        Cmd::DistSelftest => match stillflow::dist::selftest::run() {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("dist-selftest: some checks failed".into()),
+            Err(e) => Err(format!("dist-selftest: {e:#}")),
+        },
         Cmd::Profile { flops_per_step } => {
             let loaded = cli.common.load()?;
             let _srv = serve(&cli.common)?;

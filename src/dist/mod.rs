@@ -7,6 +7,7 @@ pub mod comm;
 pub mod env;
 mod ffi;
 pub mod group;
+pub mod selftest;
 
 pub use comm::{plan_buckets, BucketOptions, Comm, CommOptions};
 pub use env::DistEnv;
