@@ -152,7 +152,7 @@ impl Comm {
         self.seq += 1;
         let label = format!("#{} {op} `{name}` {sig}", self.seq);
         let every = self.opts.check_every;
-        if every > 0 && (self.seq - 1) % every == 0 {
+        if every > 0 && (self.seq - 1).is_multiple_of(every) {
             // The check index is used up even when the check fails, so that every rank (all of
             // which fail a mismatched check) moves on to the same fresh keys.
             let k = self.checks;
