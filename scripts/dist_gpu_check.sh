@@ -4,6 +4,10 @@
 # all_gather, reduce_scatter, all_reduce_coalesced, bucketed bf16 gradient mean, the order check
 # catching a mismatch, barrier; each ok/FAIL per rank) and the bus bandwidth of a 256 MB all_reduce.
 #
+# From the build machine through the device tool (after make build-cuda):
+#   run(kind=nvidia-h100-x2, carry=["target/run-pipeline-cuda"],
+#       command="scripts/dist_gpu_check.sh target/run-pipeline-cuda 2")
+#
 #   scripts/dist_gpu_check.sh [BINARY] [NPROC]
 #     BINARY  the cuda build of run-pipeline (default: target/run-pipeline-cuda, from make build-cuda,
 #             else target-cuda/release/run-pipeline)
@@ -25,11 +29,12 @@ fi
 [ -n "$bin" ] && [ -x "$bin" ] || { echo "no cuda build of run-pipeline found (make build-cuda, or pass its path)" >&2; exit 2; }
 
 . "$here/gpu-env.sh"
-export NCCL_NVLS_ENABLE=0
+# Multicast stays off everywhere (it can take a shared host's GPUs out of service).
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 # Order checks on every collective in the self-test itself; say so in the log for clarity.
 export STILLFLOW_DIST_CHECK_EVERY=${STILLFLOW_DIST_CHECK_EVERY:-1}
 
-ngpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | wc -l || echo 0)
+ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
 nproc=${2:-$ngpu}
 if [ "$nproc" -lt 2 ]; then
     echo "need at least 2 GPUs for an NCCL check (found $ngpu)" >&2
@@ -42,9 +47,17 @@ echo "== host $(hostname): $ngpu GPU(s), using $nproc; binary $bin"
 nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader || true
 python3 -c 'import torch; print("torch", torch.__version__, "nccl", ".".join(map(str, torch.cuda.nccl.version())))' || true
 echo "== ${run[*]} --standalone --nproc_per_node=$nproc --no-python $bin dist-selftest"
+log=$(mktemp)
 set +e
-"${run[@]}" --standalone --nproc_per_node="$nproc" --no-python "$bin" dist-selftest
-rc=$?
+"${run[@]}" --standalone --nproc_per_node="$nproc" --no-python "$bin" dist-selftest 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
 set -e
 echo "== dist-selftest exit code: $rc"
+# A binary that does not see the GPUs would fall back to Gloo and still pass: that is a failure here
+# (unless DIST_CHECK_ALLOW_GLOO=1, for a smoke test of this script on a CPU machine).
+if [ "$rc" -eq 0 ] && ! grep -q "backend Nccl" "$log" && [ "${DIST_CHECK_ALLOW_GLOO:-0}" != 1 ]; then
+    echo "== FAIL: the self-test did not run on NCCL (no GPU visible to the binary?)"
+    rc=1
+fi
+rm -f "$log"
 exit $rc
