@@ -110,6 +110,9 @@ enum Cmd {
         #[arg(long, value_delimiter = ',', default_value = "serial,exact,async")]
         schedules: Vec<String>,
     },
+    /// Check the c10d plumbing of this launch (see docs/DISTRIBUTED.md).
+    #[command(hide = true)]
+    DistSelftest,
 }
 
 impl Common {
@@ -303,6 +306,11 @@ fn run(cli: Cli) -> Result<(), String> {
             },
         ),
         Cmd::Doctor => stillflow::profile::doctor::run().map_err(|e| format!("doctor: {e:#}")),
+        Cmd::DistSelftest => match stillflow::dist::selftest::run() {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("dist-selftest: some checks failed".into()),
+            Err(e) => Err(format!("dist-selftest: {e:#}")),
+        },
         Cmd::Profile {
             flops_per_step,
             schedules,
