@@ -130,8 +130,18 @@ impl Comparison {
         }
         for (name, err) in &self.failed {
             // The first line of the error is enough for the table (the log has the rest).
-            let first = err.lines().next().unwrap_or("").chars().take(160).collect::<String>();
-            let _ = writeln!(s, "| {name} | failed: {} |||||||||||| ", first.replace('|', "/"));
+            let first = err
+                .lines()
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(160)
+                .collect::<String>();
+            let _ = writeln!(
+                s,
+                "| {name} | failed: {} |||||||||||| ",
+                first.replace('|', "/")
+            );
         }
         s
     }
@@ -202,8 +212,7 @@ pub fn run_profile_schedules(
             .push(ScheduleRun::from_report(name, &report, summary));
     }
     let path = PathBuf::from(&cfg.logdir).join("profile_comparison.md");
-    std::fs::create_dir_all(&cfg.logdir)
-        .with_context(|| format!("creating {}", cfg.logdir))?;
+    std::fs::create_dir_all(&cfg.logdir).with_context(|| format!("creating {}", cfg.logdir))?;
     let mut text = String::from("# Schedules compared\n\n");
     text.push_str(&cmp.markdown_table());
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
