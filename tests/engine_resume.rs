@@ -2,6 +2,7 @@
 //! state and EMA as an uninterrupted run (CPU, `exact` and `serial`), for DMD and SiD.
 mod common;
 use common::*;
+use stillflow::runtime::summary::render;
 use stillflow::runtime::{train, RunOptions};
 
 fn check(base: &str, schedule: &str) {
@@ -20,6 +21,11 @@ fn check_at(base: &str, schedule: &str, stop: u64) {
     first.extend([stop_at.as_str(), "ema_start_step=3", schedule]);
     let part1 = run(cfg(base, &b, &first));
     assert_eq!(part1.end_step, stop);
+    let summary = render(&cfg(base, &b, &first), &part1);
+    assert!(
+        summary.contains(&format!("metrics.jsonl ({stop} lines)")),
+        "{summary}"
+    );
     let part2 = train(
         cfg(base, &b, &sets),
         &RunOptions {
@@ -29,6 +35,13 @@ fn check_at(base: &str, schedule: &str, stop: u64) {
     )
     .expect("resume");
     assert_eq!(part2.start_step, stop);
+    // The summary counts the whole file, which the resumed run appended to.
+    let summary = render(&cfg(base, &b, &sets), &part2);
+    let new = 13 - stop;
+    assert!(
+        summary.contains(&format!("metrics.jsonl ({new} new lines, 13 in all)")),
+        "{summary}"
+    );
     for key in [
         "generator_loss",
         "generator_grad_norm",
