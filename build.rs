@@ -35,7 +35,7 @@ fn main() {
         }
     }
     let mut files = vec![];
-    for f in ["csrc/shim_cpu.cpp"] {
+    for f in ["csrc/shim_cpu.cpp", "csrc/shim_dist.cpp"] {
         if Path::new(f).exists() {
             files.push(f);
         }
@@ -62,6 +62,9 @@ fn main() {
             .std("c++17")
             .includes(&inc);
         b.define("_GLIBCXX_USE_CXX11_ABI", "1");
+        // shim_dist.cpp: the wheel's libtorch_cpu has ProcessGroupGloo, but its header only exists
+        // under USE_C10D_GLOO and includes Gloo headers the wheel lacks (csrc/gloo_decls/README.md).
+        b.define("USE_C10D_GLOO", None).include("csrc/gloo_decls");
         if cuda {
             b.define("STILLFLOW_CUDA", "1")
                 .define("USE_C10D_NCCL", None);

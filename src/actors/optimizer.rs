@@ -25,6 +25,8 @@ pub struct Optimizer {
     nonfinite_total: u64,
     snapshot_kind: Kind,
     share_masters: bool,
+    /// Averages loss and gradients over the ranks of a data-parallel job (no-op otherwise).
+    grad_sync: crate::dist::GradSync,
 }
 
 /// A float parameter: a number, or the name of a config key holding one.
@@ -106,6 +108,7 @@ impl Optimizer {
             loss_sum: 0.0,
             nonfinite_in_row: 0,
             nonfinite_total: 0,
+            grad_sync: crate::dist::GradSync::default(),
         })
     }
 
@@ -214,8 +217,19 @@ impl Actor for Optimizer {
             let g = target.grad();
             grads.push(if g.defined() { g } else { m.zeros_like() });
         }
-        let norm = grads_total_norm(&grads)?;
         let pre = self.prefix().to_string();
+        // Data parallel (docs/DISTRIBUTED.md): the mean loss and gradients over all ranks, so
+        // every rank computes the same norm, makes the same skip decision and takes the same step.
+        let weights: Vec<Tensor> = self
+            .masters
+            .iter()
+            .map(|(_, m)| m.shallow_clone())
+            .collect();
+        let loss_mean =
+            self.grad_sync
+                .sync(&pre, !self.share_masters, loss_mean, &grads, &weights)?;
+        drop(weights);
+        let norm = grads_total_norm(&grads)?;
         let mut report = vec![
             (format!("{pre}_grad_norm"), norm),
             (format!("{pre}_lr"), self.adam.config().lr),

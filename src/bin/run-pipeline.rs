@@ -106,7 +106,13 @@ enum Cmd {
         /// Model FLOPs of one iteration (for MFU); default: none.
         #[arg(long)]
         flops_per_step: Option<f64>,
+        /// Schedules to run, comma-separated (some of serial, exact, async).
+        #[arg(long, value_delimiter = ',', default_value = "serial,exact,async")]
+        schedules: Vec<String>,
     },
+    /// Check the c10d plumbing of this launch (see docs/DISTRIBUTED.md).
+    #[command(hide = true)]
+    DistSelftest,
 }
 
 impl Common {
@@ -300,7 +306,15 @@ fn run(cli: Cli) -> Result<(), String> {
             },
         ),
         Cmd::Doctor => stillflow::profile::doctor::run().map_err(|e| format!("doctor: {e:#}")),
-        Cmd::Profile { flops_per_step } => {
+        Cmd::DistSelftest => match stillflow::dist::selftest::run() {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("dist-selftest: some checks failed".into()),
+            Err(e) => Err(format!("dist-selftest: {e:#}")),
+        },
+        Cmd::Profile {
+            flops_per_step,
+            schedules,
+        } => {
             let loaded = cli.common.load()?;
             let _srv = serve(&cli.common)?;
             // Model FLOPs per step: given, or counted for Wan generator/critic pipelines.
@@ -318,9 +332,14 @@ fn run(cli: Cli) -> Result<(), String> {
                 resume: false,
                 quiet: false,
             };
-            let cmp = stillflow::profile::run_profile_with(&loaded.config, &opts, &extras)
-                .map_err(|e| format!("profile: {e:#}"))?;
+            let names: Vec<&str> = schedules.iter().map(|s| s.trim()).collect();
+            let cmp =
+                stillflow::profile::run_profile_schedules(&loaded.config, &opts, &extras, &names)
+                    .map_err(|e| format!("profile: {e:#}"))?;
             say!("{}", cmp.markdown_table());
+            if let Some((name, err)) = cmp.failed.first() {
+                return Err(format!("profile: the `{name}` run failed: {err}"));
+            }
             Ok(())
         }
         Cmd::Train => {

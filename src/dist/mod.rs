@@ -1,1 +1,19 @@
-//! (module under construction; see docs/ARCHITECTURE.md)
+//! Many processes on PyTorch's own distributed engine: torchrun's environment (`env`), c10d
+//! stores and process groups through the C++ shim (`group`: Gloo on CPU, NCCL with feature
+//! `cuda`), and the comm layer every collective goes through (`comm`: fixed order, names,
+//! sequence numbers, optional order checks, bucketed gradient all-reduce) and the data-parallel
+//! hooks (`data_parallel`). See
+//! docs/DISTRIBUTED.md.
+pub mod comm;
+pub mod data_parallel;
+pub mod env;
+mod ffi;
+pub mod group;
+pub mod selftest;
+
+pub use comm::{plan_buckets, BucketOptions, Comm, CommOptions};
+pub use data_parallel::{
+    global_first_row, init_process_comm, process_comm, shard_indices, shared_draw, GradSync,
+};
+pub use env::DistEnv;
+pub use group::{BackendKind, GroupOptions, ProcessGroup, ReduceOp, Store};

@@ -29,6 +29,8 @@ pub struct ScheduleRun {
 #[derive(Clone, Debug, Default)]
 pub struct Comparison {
     pub runs: Vec<ScheduleRun>,
+    /// Schedules whose run failed, with the error.
+    pub failed: Vec<(String, String)>,
 }
 
 fn last(r: &RunReport, key: &str) -> Option<f64> {
@@ -126,6 +128,21 @@ impl Comparison {
                 f(r.last_critic_loss),
             );
         }
+        for (name, err) in &self.failed {
+            // The first line of the error is enough for the table (the log has the rest).
+            let first = err
+                .lines()
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(160)
+                .collect::<String>();
+            let _ = writeln!(
+                s,
+                "| {name} | failed: {} |||||||||||| ",
+                first.replace('|', "/")
+            );
+        }
         s
     }
 }
@@ -158,11 +175,33 @@ pub fn run_profile_with(
     opts: &RunOptions,
     extras: &ProfileExtras,
 ) -> Result<Comparison> {
+    run_profile_schedules(cfg, opts, extras, &SCHEDULES)
+}
+
+/// [`run_profile_with`] for chosen schedules (a subset of [`SCHEDULES`], in that order). A schedule
+/// that fails (e.g. out of memory) is recorded in the comparison and the others still run; the
+/// caller decides what a failure means (`run-pipeline profile` exits non-zero after the table).
+pub fn run_profile_schedules(
+    cfg: &RunConfig,
+    opts: &RunOptions,
+    extras: &ProfileExtras,
+    schedules: &[&str],
+) -> Result<Comparison> {
+    if let Some(bad) = schedules.iter().find(|s| !SCHEDULES.contains(s)) {
+        anyhow::bail!("profile: unknown schedule `{bad}` (expected some of serial, exact, async)");
+    }
     let mut cmp = Comparison::default();
-    for name in SCHEDULES {
+    for name in SCHEDULES.iter().filter(|s| schedules.contains(s)) {
         let c = schedule_config(cfg, name);
         reset_peak_memory();
-        let report = train(c, opts).with_context(|| format!("profile: the `{name}` run"))?;
+        let report = match train(c, opts) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("profile: the `{name}` run failed: {e:#}");
+                cmp.failed.push((name.to_string(), format!("{e:#}")));
+                continue;
+            }
+        };
         let mut ex = extras.clone();
         ex.batch_size = (cfg.batch_size.max(1) as u64) * cfg.gradient_accumulation_steps.max(1);
         if ex.peak_memory.is_empty() {
@@ -173,6 +212,7 @@ pub fn run_profile_with(
             .push(ScheduleRun::from_report(name, &report, summary));
     }
     let path = PathBuf::from(&cfg.logdir).join("profile_comparison.md");
+    std::fs::create_dir_all(&cfg.logdir).with_context(|| format!("creating {}", cfg.logdir))?;
     let mut text = String::from("# Schedules compared\n\n");
     text.push_str(&cmp.markdown_table());
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;

@@ -9,7 +9,7 @@ pub mod report;
 pub mod stats;
 pub mod trace;
 
-pub use compare::{run_profile, run_profile_with, Comparison, ScheduleRun};
+pub use compare::{run_profile, run_profile_schedules, run_profile_with, Comparison, ScheduleRun};
 pub use prom::{
     record_busy, record_queue, record_step, record_summary, serve_prometheus, PrometheusServer,
 };

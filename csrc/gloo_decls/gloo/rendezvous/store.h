@@ -1,0 +1,21 @@
+// Stand-in (see README.md). ProcessGroupGloo::GlooStore derives from this and overrides the four
+// functions below (GLOO_STORE_HAS_STORE_V2 stays undefined, so the extended API is not used).
+// stillflow never constructs a GlooStore: libtorch creates its own.
+#pragma once
+#include <chrono>
+#include <string>
+#include <vector>
+
+namespace gloo {
+namespace rendezvous {
+class Store {
+ public:
+  virtual ~Store() = default;
+  virtual void set(const std::string& key, const std::vector<char>& data) = 0;
+  virtual std::vector<char> get(const std::string& key) = 0;
+  virtual void wait(const std::vector<std::string>& keys) = 0;
+  virtual void wait(const std::vector<std::string>& keys,
+                    const std::chrono::milliseconds& timeout) = 0;
+};
+}  // namespace rendezvous
+}  // namespace gloo
