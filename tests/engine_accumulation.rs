@@ -46,3 +46,43 @@ fn two_micro_batches_equal_one_double_batch() {
     assert!(moved, "the optimizers took steps");
     eprintln!("worst relative difference {worst:.2e}");
 }
+
+/// The logged losses are the mean over the micro-batches (the loss of the whole k·B batch), not
+/// the last micro-batch's: k = 2 micro-batches of 2 log what one batch of 4 logs.
+fn logged_losses_match(base: &str) {
+    let d = tempfile::tempdir().unwrap();
+    let (a, b) = (d.path().join("big"), d.path().join("micro"));
+    let common = ["max_steps=6", "toy.eval_samples=8", "log_iters=6"];
+    let mut big = vec!["batch_size=4"];
+    big.extend(common);
+    let mut micro = vec!["batch_size=2", "gradient_accumulation_steps=2"];
+    micro.extend(common);
+    let (x, y) = (run(cfg(base, &a, &big)), run(cfg(base, &b, &micro)));
+    for key in ["generator_loss", "critic_loss"] {
+        let (p, q) = (series(&x, key), series(&y, key));
+        assert_eq!(p.len(), 6);
+        let mut n = 0;
+        for (s, (u, v)) in p.iter().zip(&q).enumerate() {
+            assert_eq!(u.is_some(), v.is_some(), "{key} at step {s}");
+            if let (Some(u), Some(v)) = (u, v) {
+                // Same rows, same weights up to float summation order (see above).
+                assert!(
+                    (u - v).abs() <= 1e-4 * u.abs().max(1e-3),
+                    "{base}: {key} at step {s}: batch of 4 logs {u}, 2 x 2 log {v}"
+                );
+                n += 1;
+            }
+        }
+        assert!(n >= 2, "{key} logged at {n} steps");
+    }
+}
+
+#[test]
+fn logged_losses_are_the_mean_over_micro_batches_dmd() {
+    logged_losses_match("toy_dmd");
+}
+
+#[test]
+fn logged_losses_are_the_mean_over_micro_batches_sid() {
+    logged_losses_match("toy_sid");
+}

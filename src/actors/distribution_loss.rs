@@ -2,6 +2,7 @@
 //! teacher's (CFG) and the critic's x0 predictions (spec §4.1 / §4.3). `loss: from_config` takes
 //! the method from the config key `distribution_loss`.
 
+use crate::actors::score::graph_entry;
 use crate::losses::{dmd_loss, sid_loss};
 use crate::runtime::{Actor, Ctx, Packet, Ports, Work};
 use anyhow::{bail, Context, Result};
@@ -46,9 +47,10 @@ impl Actor for DistributionLoss {
     fn process(&mut self, ctx: &mut Ctx, work: Work, inputs: Ports) -> Result<Ports> {
         let real = inputs.get("real").context("no `real` input")?;
         let fake = inputs.get("fake").context("no `fake` input")?;
-        let x = real.get("x")?;
-        let r = real.get("x0_pred")?;
-        let f = fake.get("x0_pred")?;
+        // One graph node per input from another actor: see `score::graph_entry`.
+        let x = &graph_entry(real.get("x")?);
+        let r = &graph_entry(real.get("x0_pred")?);
+        let f = &graph_entry(fake.get("x0_pred")?);
         let out = if self.sid {
             sid_loss(x, r, f, self.alpha)
         } else {

@@ -1,6 +1,10 @@
 //! `evaluator`: every `every` generator versions, generate a fixed evaluation batch with the
 //! few-step rollout (no grad, fixed noise) and measure it against the exact toy teacher
 //! (mode coverage, mass error, sliced-W2, …). Lines go to `logdir/eval.jsonl`.
+//!
+//! The batch is generated as inference does (`run-pipeline sample`): every block runs the whole
+//! warped few-step list (`last_step_only`), not the training lanes' random exit step, so every
+//! line measures the same number of denoising steps (`denoising_steps` in the line).
 
 use crate::actors::rollout::Rollout;
 use crate::actors::zoo;
@@ -11,6 +15,7 @@ use crate::rng::Lane;
 use crate::runtime::{Actor, Ctx, Ports, Work};
 use anyhow::{bail, Context, Result};
 use std::io::Write;
+use std::sync::Arc;
 use tch::Tensor;
 
 pub struct Evaluator {
@@ -23,6 +28,8 @@ struct Inner {
     gmm: Gmm,
     cond: Tensor,
     vars: Vec<(String, Tensor)>,
+    /// The training config with `last_step_only` set: the rollout reads it from the `Ctx`.
+    eval_cfg: Arc<crate::config::RunConfig>,
     /// The newest version seen and whether it was measured (the last one always is, at finish).
     last: Option<(u64, bool)>,
 }
@@ -44,17 +51,24 @@ pub fn eval_cond(cfg: &crate::config::RunConfig, n: usize, device: tch::Device) 
     enc.encode_on(&prompts, device)
 }
 
-/// Generate the evaluation batch with `rollout` (fixed evaluation noise) and measure it.
-pub fn measure(ctx: &Ctx, rollout: &Rollout, gmm: &Gmm, cond: &Tensor) -> Result<QualityReport> {
+/// Generate the evaluation batch with `rollout` (fixed evaluation noise: seed, step 0, lane
+/// Other, as `run-pipeline sample`) and measure it; also returns the denoising steps run.
+/// The number of steps follows `ctx.cfg.last_step_only` (the evaluator sets it).
+pub fn measure(
+    ctx: &Ctx,
+    rollout: &Rollout,
+    gmm: &Gmm,
+    cond: &Tensor,
+) -> Result<(QualityReport, usize)> {
     let _g = tch::no_grad_guard();
     let work = Work {
         step: 0,
         lane: Lane::Other,
         micro: 0,
     };
-    let (x, _) = rollout.generate(ctx, &work, cond)?;
+    let (x, exit) = rollout.generate(ctx, &work, cond)?;
     let x = x.to_kind(tch::Kind::Float).to_device(tch::Device::Cpu);
-    Ok(quality(gmm, &x, None))
+    Ok((quality(gmm, &x, None), exit + 1))
 }
 
 impl Evaluator {
@@ -74,13 +88,22 @@ impl Evaluator {
             .iter()
             .map(|(k, v)| (k.clone(), v.shallow_clone()))
             .collect();
-        let n = cfg.toy.eval_samples.max(1) as usize;
+        // The pipeline's `num_samples`, else the config's `toy.eval_samples`.
+        let n = ctx
+            .params
+            .get("num_samples")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(cfg.toy.eval_samples as u64)
+            .max(1) as usize;
+        let mut eval_cfg = (**cfg).clone();
+        eval_cfg.last_step_only = true;
         Ok(Evaluator {
             inner: Some(Inner {
                 gmm: zoo::toy_gmm(cfg)?,
                 cond: eval_cond(cfg, n, ctx.device),
                 rollout,
                 vars,
+                eval_cfg: Arc::new(eval_cfg),
                 last: None,
             }),
             every,
@@ -89,8 +112,13 @@ impl Evaluator {
 }
 
 impl Inner {
-    fn evaluate(&mut self, ctx: &Ctx, version: u64) -> Result<()> {
-        let q = measure(ctx, &self.rollout, &self.gmm, &self.cond)?;
+    fn evaluate(&mut self, ctx: &mut Ctx, version: u64) -> Result<()> {
+        // Under the evaluation config for the rollout only; the training config comes back even
+        // when generation fails.
+        let train_cfg = std::mem::replace(&mut ctx.cfg, self.eval_cfg.clone());
+        let measured = measure(ctx, &self.rollout, &self.gmm, &self.cond);
+        ctx.cfg = train_cfg;
+        let (q, steps) = measured?;
         let path = ctx.logdir.join("eval.jsonl");
         let mut f = std::fs::OpenOptions::new()
             .create(true)
@@ -99,6 +127,7 @@ impl Inner {
             .with_context(|| format!("opening {}", path.display()))?;
         let mut line = serde_json::to_value(&q)?;
         line["generator_version"] = version.into();
+        line["denoising_steps"] = steps.into();
         writeln!(f, "{line}")?;
         self.last = Some((version, true));
         Ok(())

@@ -64,6 +64,22 @@ impl Score {
     }
 }
 
+/// A tensor from another actor that carries a graph (SiD's x_t, the generator's x) enters this
+/// actor's graph through one node of its own, so the producer's gradient buffer receives exactly
+/// one gradient from each consuming actor. Why: libtorch's backward runs ready nodes in order of
+/// their sequence numbers, which are counted per thread; the order in which nodes of different
+/// actor threads run therefore depends on how much each thread has done before (a resumed run
+/// differs from an uninterrupted one). Inside one actor the order is fixed, and with one gradient
+/// per actor and at most two consuming actors per tensor, the sum is order-free (a + b = b + a in
+/// IEEE arithmetic; three or more terms would not be). Costs one view node, no copy.
+pub(crate) fn graph_entry(t: &Tensor) -> Tensor {
+    if t.requires_grad() {
+        t.alias()
+    } else {
+        t.shallow_clone()
+    }
+}
+
 impl Actor for Score {
     fn process(&mut self, ctx: &mut Ctx, work: Work, inputs: Ports) -> Result<Ports> {
         let input = inputs.get("noised").context("score: no `noised` input")?;
@@ -73,7 +89,7 @@ impl Actor for Score {
             let v = ctx.sync_weights("weights", &work, false, &self.vars)?;
             versions.insert(model, v);
         }
-        let x_t = input.get("x_t")?;
+        let x_t = &graph_entry(input.get("x_t")?);
         let t = input.get("t")?;
         let cond = input.get("cond")?;
         let uncond = input.tensors.get("uncond");

@@ -98,8 +98,8 @@ pub fn render(cfg: &RunConfig, r: &RunReport) -> String {
     );
     let _ = writeln!(
         s,
-        "  config.resolved.json, metrics.jsonl ({} lines)",
-        r.history.len()
+        "  config.resolved.json, metrics.jsonl ({})",
+        metrics_lines(r)
     );
     if let Some(c) = r.checkpoints.last() {
         let _ = writeln!(
@@ -110,4 +110,20 @@ pub fn render(cfg: &RunConfig, r: &RunReport) -> String {
         );
     }
     s
+}
+
+/// The line count of `metrics.jsonl`. A resumed run appends to the file, so this process's lines
+/// (`history`) are not all of it: then both counts are given.
+fn metrics_lines(r: &RunReport) -> String {
+    let new = r.history.len();
+    let path = r.logdir.join("metrics.jsonl");
+    let all = std::fs::read_to_string(&path)
+        .ok()
+        .map(|t| t.lines().filter(|l| !l.trim().is_empty()).count());
+    match all {
+        Some(all) if all != new => format!("{new} new lines, {all} in all"),
+        Some(all) => format!("{all} lines"),
+        // Unreadable now (removed meanwhile): say what this process wrote.
+        None => format!("{new} lines written"),
+    }
 }

@@ -31,6 +31,9 @@ pub struct Span {
     pub secs: f64,
 }
 
+/// A step's reported scalars: actor → key → (sum, count) of its reports (see `write_metrics`).
+type StepScalars = BTreeMap<String, BTreeMap<String, (f64, u32)>>;
+
 pub struct Supervisor {
     pub plan: Arc<Plan>,
     pub credits: Arc<Credits>,
@@ -42,7 +45,7 @@ pub struct Supervisor {
     /// Steps [start, completed) are complete.
     pub completed: u64,
     window: u64,
-    scalars: BTreeMap<u64, BTreeMap<String, f64>>,
+    scalars: BTreeMap<u64, StepScalars>,
     states: BTreeMap<u64, BTreeMap<String, ActorState>>,
     pub busy: BTreeMap<String, f64>,
     pub spans: Vec<Span>,
@@ -139,12 +142,19 @@ impl Supervisor {
         match ev {
             Event::Scalars {
                 step,
-                actor: _,
+                actor,
                 values,
             } => {
-                let m = self.scalars.entry(step).or_default();
+                let m = self
+                    .scalars
+                    .entry(step)
+                    .or_default()
+                    .entry(actor)
+                    .or_default();
                 for (k, v) in values {
-                    m.insert(k, v);
+                    let e = m.entry(k).or_insert((0.0, 0));
+                    e.0 += v;
+                    e.1 += 1;
                 }
             }
             Event::Busy {
@@ -237,15 +247,24 @@ impl Supervisor {
             (now - self.step_t).as_secs_f64().into(),
         );
         self.step_t = now;
-        if let Some(m) = self.scalars.remove(&s) {
-            for (k, v) in m {
-                line.insert(
-                    k,
-                    serde_json::Number::from_f64(v)
-                        .map(Into::into)
-                        .unwrap_or(serde_json::Value::Null),
-                );
+        // A key one actor reports several times in a step (once per micro-batch: the losses under
+        // gradient accumulation) is logged as the mean of its reports, summed in report order as
+        // the optimizer sums its `loss_mean`: the loss of the whole k·B batch, not the last
+        // micro-batch's. A key several actors report (e.g. `exit_step` of both rollouts) is taken
+        // from the actor whose name sorts last, so the line never depends on arrival order.
+        let mut merged: BTreeMap<String, f64> = BTreeMap::new();
+        for (_, keys) in self.scalars.remove(&s).unwrap_or_default() {
+            for (k, (sum, n)) in keys {
+                merged.insert(k, sum / n.max(1) as f64);
             }
+        }
+        for (k, v) in merged {
+            line.insert(
+                k,
+                serde_json::Number::from_f64(v)
+                    .map(Into::into)
+                    .unwrap_or(serde_json::Value::Null),
+            );
         }
         let v = serde_json::Value::Object(line);
         crate::profile::record_step(&v);
