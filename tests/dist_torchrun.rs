@@ -68,7 +68,10 @@ fn assert_losses_close(a: &[serde_json::Value], b: &[serde_json::Value], rel: f6
     for (x, y) in a.iter().zip(b) {
         assert_eq!(x["step"], y["step"]);
         for k in keys {
-            match (x.get(k).and_then(|v| v.as_f64()), y.get(k).and_then(|v| v.as_f64())) {
+            match (
+                x.get(k).and_then(|v| v.as_f64()),
+                y.get(k).and_then(|v| v.as_f64()),
+            ) {
                 (Some(u), Some(v)) => {
                     assert!(
                         (u - v).abs() <= rel * v.abs().max(1e-3),
@@ -78,7 +81,10 @@ fn assert_losses_close(a: &[serde_json::Value], b: &[serde_json::Value], rel: f6
                     compared += 1;
                 }
                 (None, None) => {}
-                (u, v) => panic!("step {}: {k} logged in one run only ({u:?} vs {v:?})", x["step"]),
+                (u, v) => panic!(
+                    "step {}: {k} logged in one run only ({u:?} vs {v:?})",
+                    x["step"]
+                ),
             }
         }
     }
@@ -176,11 +182,17 @@ fn torchrun_two_ranks_train_like_one_process_with_the_double_batch_and_resume_in
     };
     let same_eval = |a: &serde_json::Value, b: &serde_json::Value| {
         assert_eq!(a["generator_version"], b["generator_version"]);
-        let (u, v) = (a["sliced_w2"].as_f64().unwrap(), b["sliced_w2"].as_f64().unwrap());
+        let (u, v) = (
+            a["sliced_w2"].as_f64().unwrap(),
+            b["sliced_w2"].as_f64().unwrap(),
+        );
         assert!((u - v).abs() < 1e-4, "sliced_w2 {u} vs {v}");
     };
     let (eval_dp, eval_single) = (eval(&dp), eval(&single));
-    let versions: Vec<_> = eval_dp.iter().map(|l| l["generator_version"].clone()).collect();
+    let versions: Vec<_> = eval_dp
+        .iter()
+        .map(|l| l["generator_version"].clone())
+        .collect();
     assert_eq!(versions, [0, 1], "{eval_dp:?}");
     same_eval(&eval_dp[0], &eval_single[0]);
     let mut names: Vec<String> = std::fs::read_dir(&dp)
@@ -190,7 +202,14 @@ fn torchrun_two_ranks_train_like_one_process_with_the_double_batch_and_resume_in
     names.sort();
     assert_eq!(
         names,
-        ["checkpoints", "config.resolved.json", "eval.jsonl", "metrics.jsonl", "plots", "profile"]
+        [
+            "checkpoints",
+            "config.resolved.json",
+            "eval.jsonl",
+            "metrics.jsonl",
+            "plots",
+            "profile"
+        ]
     );
     let left: Vec<_> = std::fs::read_dir(&tmp)
         .unwrap()
@@ -199,7 +218,10 @@ fn torchrun_two_ranks_train_like_one_process_with_the_double_batch_and_resume_in
         .collect();
     assert!(left.is_empty(), "rank 1 left {left:?}");
     let state = std::fs::read_to_string(dp.join("checkpoints/step_000004/state.json")).unwrap();
-    assert!(state.contains("\"step\": 4") || state.contains("\"step\":4"), "{state}");
+    assert!(
+        state.contains("\"step\": 4") || state.contains("\"step\":4"),
+        "{state}"
+    );
 
     // Resume the 2-process checkpoint in one process with the global batch.
     let out = Command::new(bin)

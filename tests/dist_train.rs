@@ -93,9 +93,11 @@ fn two_ranks_train_like_one_process_with_the_double_batch() {
     // Only rank 0 writes checkpoints; the ranks hold the same replica, so rank 1's weights are
     // rank 0's (checked by GradSync's fingerprint before the first update and by the identical
     // averaged updates after it).
-    assert!(stillflow::checkpoint::latest_checkpoint(&d.path().join("rank1"))
-        .unwrap()
-        .is_none());
+    assert!(
+        stillflow::checkpoint::latest_checkpoint(&d.path().join("rank1"))
+            .unwrap()
+            .is_none()
+    );
     let want = final_tensors(&single);
     let got = final_tensors(&d.path().join("rank0"));
     assert_eq!(want.len(), got.len());
@@ -140,10 +142,7 @@ fn ranks_with_different_weights_stop_before_the_first_update() {
     run(cfg("toy_dmd", &pre, &sets));
     let init: Vec<(String, tch::Tensor)> = final_tensors(&pre)
         .into_iter()
-        .filter_map(|(n, t)| {
-            n.strip_prefix("opt_g/model.")
-                .map(|k| (k.to_string(), t))
-        })
+        .filter_map(|(n, t)| n.strip_prefix("opt_g/model.").map(|k| (k.to_string(), t)))
         .collect();
     assert!(!init.is_empty());
     let file = d.path().join("init.safetensors");

@@ -2,9 +2,9 @@
 //! with the class prompt that selects their mixture component's class.
 
 use crate::actors::zoo;
+use crate::dist::global_first_row;
 use crate::models::gmm::Gmm;
 use crate::models::toy_text::ToyTextEncoder;
-use crate::dist::global_first_row;
 use crate::rng::{randint_vec, Purpose, RngKey};
 use crate::runtime::{Actor, Ctx, Packet, Ports, Work};
 use anyhow::Result;
@@ -35,7 +35,12 @@ impl Actor for LatentSource {
         let key = RngKey::new(ctx.seed, work.step, work.lane, Purpose::Data);
         let b = ctx.cfg.batch_size as usize;
         let k = self.gmm.num_classes().max(1) as i64;
-        let first = global_first_row(work.micro as u64, ctx.rank as usize, ctx.world as usize, b as u64);
+        let first = global_first_row(
+            work.micro as u64,
+            ctx.rank as usize,
+            ctx.world as usize,
+            b as u64,
+        );
         let classes: Vec<i64> = (0..b as u64)
             .map(|i| randint_vec(&key.sub(1 << 32).row(first + i), 0, k, 1)[0])
             .collect();

@@ -33,7 +33,12 @@ impl Actor for Noiser {
         let n = cfg.num_train_timestep as i64;
         // Per-row draws keyed by global row (micro-batch m of rank r holds rows (m·W + r)·B..,
         // dist::global_first_row), as one batch of k·W·B would draw them.
-        let first = global_first_row(work.micro as u64, ctx.rank as usize, ctx.world as usize, b as u64);
+        let first = global_first_row(
+            work.micro as u64,
+            ctx.rank as usize,
+            ctx.world as usize,
+            b as u64,
+        );
         let rows: Vec<tch::Tensor> = (0..b as u64)
             .map(|i| {
                 let k = key(Purpose::ScoreTimestep).row(first + i);

@@ -234,8 +234,7 @@ pub fn train(cfg: RunConfig, opts: &RunOptions) -> Result<RunReport> {
     // drawn there) and a check of the resume step.
     let seed = match crate::dist::process_comm() {
         Some(mut comm) => {
-            let seed =
-                crate::dist::shared_draw(&mut comm, "seed", || seed as i64)? as u64;
+            let seed = crate::dist::shared_draw(&mut comm, "seed", || seed as i64)? as u64;
             let step0 = crate::dist::shared_draw(&mut comm, "start_step", || start_step as i64)?;
             if step0 as u64 != start_step {
                 bail!(
@@ -298,10 +297,7 @@ pub fn train(cfg: RunConfig, opts: &RunOptions) -> Result<RunReport> {
             .with_context(|| format!("opening {}", metrics_path.display()))?;
         (Some(f), Scratch(None))
     } else {
-        let d = std::env::temp_dir().join(format!(
-            "stillflow-rank{rank}-{}",
-            std::process::id()
-        ));
+        let d = std::env::temp_dir().join(format!("stillflow-rank{rank}-{}", std::process::id()));
         std::fs::create_dir_all(&d)
             .with_context(|| format!("rank {rank}: creating scratch folder {}", d.display()))?;
         (None, Scratch(Some(d)))
