@@ -243,6 +243,16 @@ pub fn train(cfg: RunConfig, opts: &RunOptions) -> Result<RunReport> {
                     logdir.display()
                 );
             }
+            if rank == 0 {
+                let backend = comm.group().map(|g| format!("{:?}", g.backend()));
+                eprintln!(
+                    "data parallel: {world} processes, backend {}, {device:?} on rank 0, \
+                     global batch {} ({} per process)",
+                    backend.unwrap_or_default(),
+                    cfg.batch_size * world as i64,
+                    cfg.batch_size
+                );
+            }
             seed
         }
         None => seed,
