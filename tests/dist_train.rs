@@ -1,8 +1,10 @@
-//! The optimizer's data-parallel hook end to end, on CPU with Gloo: two processes train the toy DMD
-//! pipeline under the `exact` schedule (two optimizer threads per process sharing the process's
-//! comm, order checks on every collective). Both ranks see the same data (the runtime does not
-//! shard yet), so the mean of their gradients is their gradient and both must reproduce the
-//! single-process run bit for bit. Ranks that start from different weights must fail clearly.
+//! The optimizer's data-parallel hook end to end, on CPU with Gloo, through `train` called in
+//! process: two processes (this test binary re-run as each rank, with torchrun's variables) train
+//! the toy DMD pipeline under the `exact` schedule (two optimizer threads per process sharing the
+//! process's comm, which the worker joins itself before `train`, order checks on every
+//! collective). Each rank takes its half of the global batch, so both must end where one process
+//! with the double batch ends (up to float summation order), with identical weights on both
+//! ranks. Ranks that start from different weights must fail clearly.
 
 mod common;
 use common::*;
@@ -17,8 +19,9 @@ fn free_port() -> u16 {
     l.local_addr().expect("addr").port()
 }
 
-/// Runs the `worker` below on 2 ranks; `sets_rank1` are extra `--set`s for rank 1 only.
-fn launch(root: &std::path::Path, sets_rank1: &str) -> Vec<(bool, String)> {
+/// Runs the `worker` below on 2 ranks; `sets_all` and `sets_rank1` are extra `--set`s
+/// (`;`-separated) for both ranks and for rank 1 only.
+fn launch(root: &std::path::Path, sets_all: &str, sets_rank1: &str) -> Vec<(bool, String)> {
     let exe = std::env::current_exe().expect("test binary");
     let port = free_port().to_string();
     let mut kids: Vec<_> = (0..2)
@@ -26,7 +29,14 @@ fn launch(root: &std::path::Path, sets_rank1: &str) -> Vec<(bool, String)> {
             Command::new(&exe)
                 .args(["worker", "--exact", "--nocapture", "--test-threads=1"])
                 .env("SF_DIST_TRAIN_LOGDIR", root.join(format!("rank{r}")))
-                .env("SF_DIST_TRAIN_SETS", if r == 1 { sets_rank1 } else { "" })
+                .env(
+                    "SF_DIST_TRAIN_SETS",
+                    if r == 1 {
+                        format!("{sets_all};{sets_rank1}")
+                    } else {
+                        sets_all.to_string()
+                    },
+                )
                 .env("RANK", r.to_string())
                 .env("WORLD_SIZE", "2")
                 .env("MASTER_ADDR", "127.0.0.1")
@@ -66,33 +76,82 @@ fn launch(root: &std::path::Path, sets_rank1: &str) -> Vec<(bool, String)> {
 }
 
 #[test]
-fn two_ranks_with_the_same_data_reproduce_the_single_process_run() {
+fn two_ranks_train_like_one_process_with_the_double_batch() {
     let d = tempfile::tempdir().unwrap();
     let single = d.path().join("single");
     let mut sets = SMALL.to_vec();
-    sets.extend([STEPS, "schedule=exact"]);
+    // SMALL's batch_size=2 per rank; the equivalent single process has 4 rows.
+    sets.extend([STEPS, "schedule=exact", "batch_size=4"]);
     let report = run(cfg("toy_dmd", &single, &sets));
-    let outs = launch(d.path(), "");
+    let outs = launch(d.path(), "", "");
     for (r, (ok, out)) in outs.iter().enumerate() {
         assert!(
             *ok && out.contains("DIST-TRAIN-OK"),
             "rank {r} failed:\n{out}"
         );
     }
+    // Only rank 0 writes checkpoints; the ranks hold the same replica, so rank 1's weights are
+    // rank 0's (checked by GradSync's fingerprint before the first update and by the identical
+    // averaged updates after it).
+    assert!(
+        stillflow::checkpoint::latest_checkpoint(&d.path().join("rank1"))
+            .unwrap()
+            .is_none()
+    );
     let want = final_tensors(&single);
-    for r in 0..2 {
-        let got = final_tensors(&d.path().join(format!("rank{r}")));
-        assert_bit_identical(&want, &got);
+    let got = final_tensors(&d.path().join("rank0"));
+    assert_eq!(want.len(), got.len());
+    for ((na, a), (nb, b)) in want.iter().zip(&got) {
+        assert_eq!(na, nb);
+        let diff = (a.to_kind(tch::Kind::Double) - b.to_kind(tch::Kind::Double))
+            .abs()
+            .max()
+            .double_value(&[]);
+        // Float summation order only (per-rank sums, then across ranks), grown by AdamW.
+        assert!(diff < 1e-4, "{na} differs by {diff}");
     }
     assert!(series(&report, "generator_grad_norm")
         .iter()
         .any(|v| v.is_some()));
 }
 
+/// `seed: 0` is drawn on rank 0 and broadcast, and a different fixed seed on rank 1 follows rank
+/// 0's: per-process seeds would build different models, which GradSync's fingerprint refuses.
+#[test]
+fn every_rank_takes_rank_0_s_seed() {
+    let d = tempfile::tempdir().unwrap();
+    for (all, one) in [("seed=0", ""), ("", "seed=4321")] {
+        let outs = launch(d.path(), &format!("{all};max_steps=1"), one);
+        for (r, (ok, out)) in outs.iter().enumerate() {
+            assert!(*ok, "rank {r} ({all}{one}) failed:\n{out}");
+        }
+        let _ = std::fs::remove_dir_all(d.path().join("rank0"));
+        let _ = std::fs::remove_dir_all(d.path().join("rank1"));
+    }
+}
+
+/// Rank 1 starts its generator from other weights (`generator_ckpt`): both ranks must stop
+/// before the first update instead of averaging the gradients of two different models.
 #[test]
 fn ranks_with_different_weights_stop_before_the_first_update() {
     let d = tempfile::tempdir().unwrap();
-    let outs = launch(d.path(), "seed=4321");
+    // Other weights: the generator after one single-process step, as a `generator_ckpt` file.
+    let pre = d.path().join("pre");
+    let mut sets = SMALL.to_vec();
+    sets.push("max_steps=1");
+    run(cfg("toy_dmd", &pre, &sets));
+    let init: Vec<(String, tch::Tensor)> = final_tensors(&pre)
+        .into_iter()
+        .filter_map(|(n, t)| n.strip_prefix("opt_g/model.").map(|k| (k.to_string(), t)))
+        .collect();
+    assert!(!init.is_empty());
+    let file = d.path().join("init.safetensors");
+    tch::Tensor::write_safetensors(&init, &file).unwrap();
+    let outs = launch(
+        d.path(),
+        "",
+        &format!("generator_ckpt='{}'", file.display()),
+    );
     for (r, (ok, out)) in outs.iter().enumerate() {
         assert!(!ok, "rank {r} must fail:\n{out}");
         assert!(
@@ -122,9 +181,7 @@ fn worker() {
     let extra = std::env::var("SF_DIST_TRAIN_SETS").unwrap_or_default();
     let mut sets = SMALL.to_vec();
     sets.extend([STEPS, "schedule=exact"]);
-    if !extra.is_empty() {
-        sets.push(extra.as_str());
-    }
+    sets.extend(extra.split(';').filter(|s| !s.is_empty()));
     let cfg = cfg("toy_dmd", std::path::Path::new(&logdir), &sets);
     let r = stillflow::runtime::train(
         cfg,

@@ -2,6 +2,7 @@
 //! with the class prompt that selects their mixture component's class.
 
 use crate::actors::zoo;
+use crate::dist::global_first_row;
 use crate::models::gmm::Gmm;
 use crate::models::toy_text::ToyTextEncoder;
 use crate::rng::{randint_vec, Purpose, RngKey};
@@ -29,10 +30,17 @@ impl LatentSource {
 
 impl Actor for LatentSource {
     fn process(&mut self, ctx: &mut Ctx, work: Work, _inputs: Ports) -> Result<Ports> {
-        let key = RngKey::new(ctx.seed, work.step, work.lane, Purpose::Data).rank(ctx.rank);
+        // Rank-free key, keyed by global row (dist::global_first_row): W ranks with batch B
+        // sample what one process with batch W·B does.
+        let key = RngKey::new(ctx.seed, work.step, work.lane, Purpose::Data);
         let b = ctx.cfg.batch_size as usize;
         let k = self.gmm.num_classes().max(1) as i64;
-        let first = work.micro as u64 * b as u64;
+        let first = global_first_row(
+            work.micro as u64,
+            ctx.rank as usize,
+            ctx.world as usize,
+            b as u64,
+        );
         let classes: Vec<i64> = (0..b as u64)
             .map(|i| randint_vec(&key.sub(1 << 32).row(first + i), 0, k, 1)[0])
             .collect();

@@ -3,6 +3,7 @@
 //! SiD it keeps the graph, because SiD's gradient flows through x_t into the score inputs.
 
 use crate::diffusion::{add_noise, sample_score_timesteps, SigmaTable};
+use crate::dist::global_first_row;
 use crate::rng::{self, Lane, Purpose, RngKey};
 use crate::runtime::{Actor, Ctx, Packet, Ports, Work};
 use anyhow::{Context, Result};
@@ -28,10 +29,16 @@ impl Actor for Noiser {
         let cfg = &ctx.cfg;
         let size = x.size();
         let (b, f) = (size[0], size[1]);
-        let key = |p: Purpose| RngKey::new(ctx.seed, work.step, work.lane, p).rank(ctx.rank);
+        let key = |p: Purpose| RngKey::new(ctx.seed, work.step, work.lane, p);
         let n = cfg.num_train_timestep as i64;
-        // Per-row draws (rows m·B.. for micro-batch m), as one batch of k·B would draw them.
-        let first = work.micro as u64 * b as u64;
+        // Per-row draws keyed by global row (micro-batch m of rank r holds rows (m·W + r)·B..,
+        // dist::global_first_row), as one batch of k·W·B would draw them.
+        let first = global_first_row(
+            work.micro as u64,
+            ctx.rank as usize,
+            ctx.world as usize,
+            b as u64,
+        );
         let rows: Vec<tch::Tensor> = (0..b as u64)
             .map(|i| {
                 let k = key(Purpose::ScoreTimestep).row(first + i);

@@ -3,6 +3,7 @@
 //! from a safetensors file of precomputed embeddings (`cond` [N, L, D], `uncond` [1, L, D]).
 //! Prompt choice is a keyed draw (seed, step, lane, Data), so it never depends on timing.
 
+use crate::dist::global_first_row;
 use crate::models::toy_text::ToyTextEncoder;
 use crate::rng::{randint_vec, Purpose, RngKey};
 use crate::runtime::{Actor, Ctx, Packet, Ports, Work};
@@ -85,10 +86,16 @@ impl PromptSource {
 
 impl Actor for PromptSource {
     fn process(&mut self, ctx: &mut Ctx, work: Work, _inputs: Ports) -> Result<Ports> {
-        let key = RngKey::new(ctx.seed, work.step, work.lane, Purpose::Data).rank(ctx.rank);
+        // Rank-free key, one draw per global row: micro-batches and data-parallel ranks see what
+        // one big batch would (dist::global_first_row).
+        let key = RngKey::new(ctx.seed, work.step, work.lane, Purpose::Data);
         let b = self.batch;
-        // One draw per global row: micro-batches see what one big batch would.
-        let first = work.micro as u64 * b as u64;
+        let first = global_first_row(
+            work.micro as u64,
+            ctx.rank as usize,
+            ctx.world as usize,
+            b as u64,
+        );
         let pick = |n: i64| -> Vec<i64> {
             (0..b as u64)
                 .map(|i| randint_vec(&key.row(first + i), 0, n, 1)[0])

@@ -8,6 +8,7 @@
 
 use crate::actors::zoo::{self, Model};
 use crate::diffusion::{add_noise, flow_to_x0, try_warp_denoising_step, SigmaTable};
+use crate::dist::global_first_row;
 use crate::models::wan::{CausalMode, KvCache};
 use crate::rng::{self, randint_vec, Purpose, RngKey};
 use crate::runtime::{Actor, Ctx, Packet, Ports, Work};
@@ -86,9 +87,15 @@ impl Rollout {
         let kind = wan.kind();
         let [_, f, c, h, w] = zoo::latent_shape(cfg);
         let b = cond.size()[0];
-        let key = |p: Purpose| RngKey::new(ctx.seed, work.step, work.lane, p).rank(ctx.rank);
-        // Per-row draws: rows of micro-batch m are m·B.., as in one batch of k·B.
-        let first = work.micro as u64 * b as u64;
+        let key = |p: Purpose| RngKey::new(ctx.seed, work.step, work.lane, p);
+        // Per-row draws keyed by global row (micro-batch m of rank r holds rows (m·W + r)·B..,
+        // dist::global_first_row), as in one batch of k·W·B.
+        let first = global_first_row(
+            work.micro as u64,
+            ctx.rank as usize,
+            ctx.world as usize,
+            b as u64,
+        );
         let noise = rng::randn_rows(
             &key(Purpose::RolloutNoise),
             first,

@@ -344,7 +344,13 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Cmd::Train => {
             let loaded = cli.common.load()?;
-            let _srv = serve(&cli.common)?;
+            // Under torchrun only rank 0 serves metrics and writes the profile and the summary
+            // (the other ranks train the same replica; docs/DISTRIBUTED.md). A broken launch
+            // environment is reported by `train` itself.
+            let rank = stillflow::dist::DistEnv::from_env()
+                .map(|e| e.rank)
+                .unwrap_or(0);
+            let _srv = if rank == 0 { serve(&cli.common)? } else { None };
             let opts = RunOptions {
                 resume: cli.common.resume,
                 quiet: false,
@@ -352,6 +358,9 @@ fn run(cli: Cli) -> Result<(), String> {
             let cfg = loaded.config.clone();
             let report =
                 stillflow::runtime::train(loaded.config, &opts).map_err(|e| format!("{e:#}"))?;
+            if rank != 0 {
+                return Ok(());
+            }
             let extras = stillflow::profile::ProfileExtras {
                 batch_size: (cfg.batch_size as u64) * cfg.gradient_accumulation_steps,
                 peak_memory: stillflow::profile::cuda_peak_memory(),

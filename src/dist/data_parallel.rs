@@ -6,10 +6,26 @@ use super::comm::{BucketOptions, Comm, CommOptions};
 use super::env::DistEnv;
 use super::group::{GroupOptions, ReduceOp};
 use anyhow::{bail, Context, Result};
+use std::cell::RefCell;
 use std::sync::{Mutex, MutexGuard, OnceLock};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 static PROCESS_COMM: OnceLock<Mutex<Comm>> = OnceLock::new();
+
+thread_local! {
+    /// Scalars a collective on this thread averaged over the ranks (GradSync's `<name>_loss`),
+    /// waiting for the thread's next metrics report (`Ctx::report` attaches them). The loss
+    /// actors report their rank's own loss; the optimizer's report right after the sync then
+    /// carries the mean over all ranks (and over the step's micro-batches), which is what the
+    /// single process with the W-times larger batch logs.
+    static SYNCED: RefCell<Vec<(String, f64)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Takes the scalars this thread's collectives averaged since the last call (see `SYNCED`);
+/// empty in a single process.
+pub fn take_synced_scalars() -> Vec<(String, f64)> {
+    SYNCED.with(|s| std::mem::take(&mut *s.borrow_mut()))
+}
 
 /// Joins the job described by `env` and makes its `Comm` the process's (for the optimizer hook).
 /// A single process sets nothing: every hook below is then a no-op. Call once, before the actors
@@ -22,6 +38,38 @@ pub fn init_process_comm(env: &DistEnv, group: &GroupOptions, opts: CommOptions)
     PROCESS_COMM
         .set(Mutex::new(comm))
         .map_err(|_| anyhow::anyhow!("the process's comm is already set up"))
+}
+
+/// For the run driver: joins the job described by `env` for training on `device` unless this
+/// process already did (a test may call `init_process_comm` itself before `train`); then the
+/// existing comm must be the same job and device. A single process does nothing.
+pub fn ensure_process_comm(
+    env: &DistEnv,
+    device: Device,
+    group: &GroupOptions,
+    opts: CommOptions,
+) -> Result<()> {
+    if !env.is_distributed() {
+        return Ok(());
+    }
+    if let Some(c) = process_comm() {
+        if (c.rank(), c.world_size(), c.device()) != (env.rank, env.world_size, device) {
+            bail!(
+                "this process already joined a job as rank {}/{} on {:?}, but trains as {} on \
+                 {device:?}",
+                c.rank(),
+                c.world_size(),
+                c.device(),
+                env.describe()
+            );
+        }
+        return Ok(());
+    }
+    let group = GroupOptions {
+        device: Some(device),
+        ..group.clone()
+    };
+    init_process_comm(env, &group, opts)
 }
 
 /// The process's comm, when this process is one of several.
@@ -127,7 +175,9 @@ impl GradSync {
         comm.all_reduce_mean_bucketed(&format!("{name}/grads"), grads, &self.buckets)?;
         let l = Tensor::from_slice(&[loss]).to_device(device);
         comm.all_reduce_mean(&format!("{name}/loss"), &l)?;
-        Ok(l.double_value(&[0]))
+        let mean = l.double_value(&[0]);
+        SYNCED.with(|s| s.borrow_mut().push((format!("{name}_loss"), mean)));
+        Ok(mean)
     }
 }
 
@@ -137,7 +187,7 @@ fn check_same_weights(
     comm: &mut Comm,
     name: &str,
     weights: &[Tensor],
-    device: tch::Device,
+    device: Device,
 ) -> Result<()> {
     let (mut s, mut q) = (0f64, 0f64);
     for w in weights {
@@ -150,8 +200,8 @@ fn check_same_weights(
     comm.all_reduce(&format!("{name}/weights_max"), &hi, ReduceOp::Max)?;
     comm.all_reduce(&format!("{name}/weights_min"), &lo, ReduceOp::Min)?;
     let (hi, lo) = (
-        Vec::<f64>::try_from(&hi.to_device(tch::Device::Cpu)).context("weights fingerprint")?,
-        Vec::<f64>::try_from(&lo.to_device(tch::Device::Cpu)).context("weights fingerprint")?,
+        Vec::<f64>::try_from(&hi.to_device(Device::Cpu)).context("weights fingerprint")?,
+        Vec::<f64>::try_from(&lo.to_device(Device::Cpu)).context("weights fingerprint")?,
     );
     if hi != lo {
         bail!(

@@ -148,7 +148,11 @@ pub struct Ctx {
     pub cfg: Arc<RunConfig>,
     pub params: BTreeMap<String, serde_json::Value>,
     pub seed: u64,
+    /// This process's rank among `world` data-parallel processes (torchrun's RANK and
+    /// WORLD_SIZE; 0 and 1 for a single process). Per-row draws are keyed by global row
+    /// (`dist::global_first_row`), so W ranks with batch B draw what one process with W·B does.
     pub rank: u32,
+    pub world: u32,
     pub device: Device,
     pub plan: Arc<Plan>,
     pub cancel: Cancel,
@@ -162,7 +166,11 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    pub fn report(&self, step: u64, values: Vec<(String, f64)>) {
+    pub fn report(&self, step: u64, mut values: Vec<(String, f64)>) {
+        // Under data parallel, values a collective on this thread averaged over the ranks (the
+        // optimizer's loss, see `dist::take_synced_scalars`) replace the rank-local ones of the
+        // same step: they come later, so the supervisor keeps them.
+        values.extend(crate::dist::take_synced_scalars());
         if let Some(tx) = &self.events {
             let _ = tx.send(Event::Scalars {
                 step,

@@ -24,7 +24,12 @@ pub struct Setup {
     pub plan: Arc<Plan>,
     pub cfg: Arc<RunConfig>,
     pub seed: u64,
+    /// Data-parallel rank and number of processes (0 and 1 for a single process).
+    pub rank: u32,
+    pub world: u32,
     pub device: tch::Device,
+    /// Where actors write (evaluator, sink): the run's logdir on rank 0, a scratch folder on the
+    /// other ranks (only rank 0 writes the logdir).
     pub logdir: std::path::PathBuf,
     pub build: BuildFn,
     /// States to restore, by actor name (resume).
@@ -99,7 +104,8 @@ impl Setup {
             cfg: self.cfg.clone(),
             params: n.params.clone(),
             seed: self.seed,
-            rank: 0,
+            rank: self.rank,
+            world: self.world,
             device,
             plan: self.plan.clone(),
             cancel: cancel.clone(),

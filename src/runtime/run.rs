@@ -7,6 +7,7 @@ use super::supervisor::{Span, Supervisor};
 use super::threaded::run_threaded;
 use super::wiring::Wiring;
 use crate::config::RunConfig;
+use crate::dist::DistEnv;
 use crate::graph::{DeviceInventory, ScheduleMode};
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::BTreeMap;
@@ -103,8 +104,54 @@ fn refresh_plots(logdir: &Path) {
     }
 }
 
+/// Under torchrun (several processes): `cuda` becomes `cuda:LOCAL_RANK`; a pinned `cuda:i`
+/// is refused (every rank must take its own GPU).
+fn rank_device(
+    cfg: &RunConfig,
+    device: tch::Device,
+    env: &DistEnv,
+    cuda_devices: usize,
+) -> Result<tch::Device> {
+    match device {
+        tch::Device::Cuda(_) if cfg.device.trim() != "cuda" => bail!(
+            "config key `device`: `{}` pins one GPU, but under torchrun ({} processes) every rank \
+             takes cuda:LOCAL_RANK; set device: cuda",
+            cfg.device,
+            env.world_size
+        ),
+        tch::Device::Cuda(_) if env.local_rank >= cuda_devices => bail!(
+            "config key `device`: {} needs cuda:{} (LOCAL_RANK) but this machine has \
+             {cuda_devices} CUDA device(s); start at most {cuda_devices} processes per node",
+            env.describe(),
+            env.local_rank
+        ),
+        tch::Device::Cuda(_) => Ok(tch::Device::Cuda(env.local_rank)),
+        d => Ok(d),
+    }
+}
+
+/// Where a rank other than 0 lets its actors write (evaluator, sink): a scratch folder removed at
+/// the end of the run, so only rank 0 writes the logdir.
+struct Scratch(Option<PathBuf>);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Some(d) = &self.0 {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
 /// Train with `cfg`. Errors name the actor and step that failed.
+///
+/// Under torchrun (`WORLD_SIZE` > 1, docs/DISTRIBUTED.md) every process trains one replica on its
+/// share of the global batch (`batch_size` rows each, keyed by global row), gradients are
+/// averaged before each update, and only rank 0 writes the logdir. The run then equals one
+/// process with `batch_size × WORLD_SIZE` rows, up to float summation order; its checkpoints
+/// record that global batch, so they resume on any number of processes.
 pub fn train(cfg: RunConfig, opts: &RunOptions) -> Result<RunReport> {
+    let env = DistEnv::from_env().context("the torchrun environment")?;
+    let (rank, world) = (env.rank, env.world_size);
     let device = super::parse_device(&cfg.device).context("config key `device`")?;
     let cuda_devices = tch::Cuda::device_count().max(0) as usize;
     if let tch::Device::Cuda(i) = device {
@@ -112,17 +159,66 @@ pub fn train(cfg: RunConfig, opts: &RunOptions) -> Result<RunReport> {
             bail!("config key `device`: {} requested but this machine has {cuda_devices} CUDA device(s)", cfg.device);
         }
     }
+    let device = if world > 1 {
+        rank_device(&cfg, device, &env, cuda_devices)?
+    } else {
+        device
+    };
     let graph = crate::graph::load_pipeline(&cfg.pipeline, &DeviceInventory { cuda_devices })
         .map_err(|e| anyhow!("{e}"))?;
     let wiring = Wiring::from_graph(&graph);
     let mode = resolve_mode(&cfg, &graph.schedule)?;
+    if world > 1 {
+        if let Mode::Async { .. } = mode {
+            bail!(
+                "config key `schedule`: async is not supported with {world} processes yet: its two \
+                 optimizer threads are not ordered by data, so their gradient all-reduces would \
+                 not come in the same order on every rank (use schedule: exact or serial)"
+            );
+        }
+        if let Some(n) = wiring
+            .nodes
+            .iter()
+            .find(|n| n.device.as_deref().is_some_and(|d| d.starts_with("cuda")))
+        {
+            bail!(
+                "pipeline {}: actor `{}` pins device {}, but under torchrun every rank runs the \
+                 whole pipeline on its own GPU (cuda:LOCAL_RANK); remove the actor's `device`",
+                cfg.pipeline,
+                n.name,
+                n.device.as_deref().unwrap_or_default()
+            );
+        }
+    }
+    // Joins the job (a no-op for a single process); every collective below and in the
+    // optimizers goes through this process's comm.
+    crate::dist::ensure_process_comm(
+        &env,
+        device,
+        &crate::dist::GroupOptions::default(),
+        crate::dist::CommOptions::from_env()?,
+    )?;
     let logdir = PathBuf::from(&cfg.logdir);
-    ensure_writable(&logdir)?;
+    if rank == 0 {
+        ensure_writable(&logdir)?;
+    }
+    // What checkpoints record and resume against: the equivalent single process, whose batch is
+    // the global one.
+    let global_cfg = |c: &RunConfig| {
+        let mut g = c.clone();
+        g.batch_size *= world as i64;
+        g
+    };
     let existing = super::ckpt::latest(&logdir)?;
     let mut cfg = cfg;
     let (start_step, states, seed) = match (&existing, opts.resume) {
         (Some(dir), true) => {
-            let r = super::ckpt::read(dir, &cfg)?;
+            let r = super::ckpt::read(dir, &global_cfg(&cfg)).with_context(|| {
+                format!(
+                    "checkpoints record the global batch (batch_size × processes; here {} × {world})",
+                    cfg.batch_size
+                )
+            })?;
             eprintln!("resuming from {} (step {})", dir.display(), r.step);
             (r.step, r.states, r.seed)
         }
@@ -133,6 +229,33 @@ pub fn train(cfg: RunConfig, opts: &RunOptions) -> Result<RunReport> {
             dir.display()
         ),
         (None, false) => (0, BTreeMap::new(), resolve_seed(cfg.seed)),
+    };
+    // Every rank must train the same replica from the same step: rank 0's seed (`seed: 0` is
+    // drawn there) and a check of the resume step.
+    let seed = match crate::dist::process_comm() {
+        Some(mut comm) => {
+            let seed = crate::dist::shared_draw(&mut comm, "seed", || seed as i64)? as u64;
+            let step0 = crate::dist::shared_draw(&mut comm, "start_step", || start_step as i64)?;
+            if step0 as u64 != start_step {
+                bail!(
+                    "rank {rank} starts at step {start_step} but rank 0 at step {step0}: every \
+                     rank must see the same checkpoints in {}",
+                    logdir.display()
+                );
+            }
+            if rank == 0 {
+                let backend = comm.group().map(|g| format!("{:?}", g.backend()));
+                eprintln!(
+                    "data parallel: {world} processes, backend {}, {device:?} on rank 0, \
+                     global batch {} ({} per process)",
+                    backend.unwrap_or_default(),
+                    cfg.batch_size * world as i64,
+                    cfg.batch_size
+                );
+            }
+            seed
+        }
+        None => seed,
     };
     cfg.seed = seed;
     if opts.resume {
@@ -169,30 +292,41 @@ pub fn train(cfg: RunConfig, opts: &RunOptions) -> Result<RunReport> {
             .collect(),
     });
     let cfg = Arc::new(cfg);
-    super::ckpt::write_json_atomic(
-        &logdir.join("config.resolved.json"),
-        &serde_json::to_value(&*cfg)?,
-    )?;
-    let metrics_path = logdir.join("metrics.jsonl");
-    let metrics_file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(start_step > 0)
-        .write(true)
-        .truncate(start_step == 0)
-        .open(&metrics_path)
-        .with_context(|| format!("opening {}", metrics_path.display()))?;
+    let (metrics_file, scratch) = if rank == 0 {
+        super::ckpt::write_json_atomic(
+            &logdir.join("config.resolved.json"),
+            &serde_json::to_value(&*cfg)?,
+        )?;
+        let metrics_path = logdir.join("metrics.jsonl");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(start_step > 0)
+            .write(true)
+            .truncate(start_step == 0)
+            .open(&metrics_path)
+            .with_context(|| format!("opening {}", metrics_path.display()))?;
+        (Some(f), Scratch(None))
+    } else {
+        let d = std::env::temp_dir().join(format!("stillflow-rank{rank}-{}", std::process::id()));
+        std::fs::create_dir_all(&d)
+            .with_context(|| format!("rank {rank}: creating scratch folder {}", d.display()))?;
+        (None, Scratch(Some(d)))
+    };
     let setup = Setup {
         wiring: wiring.clone(),
         plan: plan.clone(),
         cfg: cfg.clone(),
         seed,
+        rank: rank as u32,
+        world: world as u32,
         device,
-        logdir: logdir.clone(),
+        logdir: scratch.0.clone().unwrap_or_else(|| logdir.clone()),
         build: Arc::new(crate::actors::registry::build),
         resume: states,
         // No checkpoints, no state snapshots: a benchmark (`save_checkpoints: false`) should not
-        // spend its last step copying optimizer state to the host.
-        stateful_kinds: if cfg.save_checkpoints {
+        // spend its last step copying optimizer state to the host. Ranks other than 0 write no
+        // checkpoints (the state is replicated).
+        stateful_kinds: if cfg.save_checkpoints && rank == 0 {
             crate::actors::registry::STATEFUL
                 .iter()
                 .map(|s| s.to_string())
@@ -210,16 +344,19 @@ pub fn train(cfg: RunConfig, opts: &RunOptions) -> Result<RunReport> {
     credits.stop_at(stop_step);
     let cancel = super::cancel::Cancel::new();
     let mut sup = Supervisor::new(plan.clone(), credits, cancel, setup.stateful(), window);
-    sup.metrics_file = Some(metrics_file);
-    if cfg.save_checkpoints && (wiring.checkpoint_every.is_some() || !setup.stateful().is_empty()) {
-        let (cfg2, logdir2) = (cfg.clone(), logdir.clone());
+    sup.metrics_file = metrics_file;
+    if rank == 0
+        && cfg.save_checkpoints
+        && (wiring.checkpoint_every.is_some() || !setup.stateful().is_empty())
+    {
+        let (cfg2, logdir2) = (global_cfg(&cfg), logdir.clone());
         sup.checkpoint = Some(Box::new(move |step, states| {
             let dir = super::ckpt::write(&logdir2, step, states, &cfg2)?;
             refresh_plots(&logdir2);
             Ok(dir)
         }));
     }
-    let progress = super::progress::progress_bar(&cfg, &plan, opts.quiet);
+    let progress = super::progress::progress_bar(&cfg, &plan, opts.quiet || rank != 0);
     if let Some(pb) = progress.clone() {
         sup.on_step = Some(Box::new(move |line| {
             super::progress::progress_update(&pb, line)
@@ -244,7 +381,10 @@ pub fn train(cfg: RunConfig, opts: &RunOptions) -> Result<RunReport> {
         pb.finish_and_clear();
     }
     // Also after a failure: the curves up to it are what one wants to look at.
-    refresh_plots(&logdir);
+    if rank == 0 {
+        refresh_plots(&logdir);
+    }
+    drop(scratch);
     if let Some(e) = &sup.error {
         bail!("{e}");
     }

@@ -252,6 +252,7 @@ fn standalone_ctx(cfg: Arc<RunConfig>, seed: u64, device: Device, out: &Path) ->
         ]),
         seed,
         rank: 0,
+        world: 1,
         device,
         plan,
         cancel: Cancel::new(),
