@@ -234,6 +234,12 @@ impl Actor for Optimizer {
             (format!("{pre}_grad_norm"), norm),
             (format!("{pre}_lr"), self.adam.config().lr),
         ];
+        if ctx.world > 1 {
+            // The loss actor logs its rank's loss; the mean over ranks (and micro-batches) is
+            // what one process with the W-times larger batch logs. The supervisor keeps the
+            // optimizer's value (its actor name sorts after the loss actors').
+            report.push((format!("{pre}_loss"), loss_mean));
+        }
         if !loss_mean.is_finite() || !norm.is_finite() {
             self.nonfinite_in_row += 1;
             self.nonfinite_total += 1;

@@ -6,26 +6,10 @@ use super::comm::{BucketOptions, Comm, CommOptions};
 use super::env::DistEnv;
 use super::group::{GroupOptions, ReduceOp};
 use anyhow::{bail, Context, Result};
-use std::cell::RefCell;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use tch::{Device, Kind, Tensor};
 
 static PROCESS_COMM: OnceLock<Mutex<Comm>> = OnceLock::new();
-
-thread_local! {
-    /// Scalars a collective on this thread averaged over the ranks (GradSync's `<name>_loss`),
-    /// waiting for the thread's next metrics report (`Ctx::report` attaches them). The loss
-    /// actors report their rank's own loss; the optimizer's report right after the sync then
-    /// carries the mean over all ranks (and over the step's micro-batches), which is what the
-    /// single process with the W-times larger batch logs.
-    static SYNCED: RefCell<Vec<(String, f64)>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Takes the scalars this thread's collectives averaged since the last call (see `SYNCED`);
-/// empty in a single process.
-pub fn take_synced_scalars() -> Vec<(String, f64)> {
-    SYNCED.with(|s| std::mem::take(&mut *s.borrow_mut()))
-}
 
 /// Joins the job described by `env` and makes its `Comm` the process's (for the optimizer hook).
 /// A single process sets nothing: every hook below is then a no-op. Call once, before the actors
@@ -176,7 +160,6 @@ impl GradSync {
         let l = Tensor::from_slice(&[loss]).to_device(device);
         comm.all_reduce_mean(&format!("{name}/loss"), &l)?;
         let mean = l.double_value(&[0]);
-        SYNCED.with(|s| s.borrow_mut().push((format!("{name}_loss"), mean)));
         Ok(mean)
     }
 }

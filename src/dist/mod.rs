@@ -14,7 +14,7 @@ pub mod selftest;
 pub use comm::{plan_buckets, BucketOptions, Comm, CommOptions};
 pub use data_parallel::{
     ensure_process_comm, global_first_row, init_process_comm, process_comm, shard_indices,
-    shared_draw, take_synced_scalars, GradSync,
+    shared_draw, GradSync,
 };
 pub use env::DistEnv;
 pub use group::{BackendKind, GroupOptions, ProcessGroup, ReduceOp, Store};

@@ -166,11 +166,7 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    pub fn report(&self, step: u64, mut values: Vec<(String, f64)>) {
-        // Under data parallel, values a collective on this thread averaged over the ranks (the
-        // optimizer's loss, see `dist::take_synced_scalars`) replace the rank-local ones of the
-        // same step: they come later, so the supervisor keeps them.
-        values.extend(crate::dist::take_synced_scalars());
+    pub fn report(&self, step: u64, values: Vec<(String, f64)>) {
         if let Some(tx) = &self.events {
             let _ = tx.send(Event::Scalars {
                 step,
