@@ -3,7 +3,7 @@
 # and the README section "## Quality against an exact teacher" with one command.
 #
 #   scripts/quality_bench.sh [--steps N] [--stale-steps N] [--eval-n N] [--no-stale] [--out DIR]
-#                            [--report-only]
+#                            [--stages teacher,students,ablations,stale] [--report-only]
 #
 # Rows: the exact teacher's Euler sampler at 50 and 4 steps (examples/teacher_eval), and DMD / SiD
 # students at 1 step (denoising_step_list [1000]) and 4 steps, on three GMMs:
@@ -14,16 +14,21 @@
 # plus a staleness study: schedule=async, max_staleness K in {0,1,2,4,8} (DMD 4-step, video).
 #
 # One training process at a time, under `nice -n 5` (the benchmark machine is shared).
+# Ablations (what the literature suggests for a miss, on ring DMD 4-step): 3x the steps, a critic
+# trained twice as often per generator update (dfake_gen_update_ratio 10), a 3x critic lr.
+# --stages: run only these stages (then report on everything in --out).
 # --report-only: redraw plots and rewrite the docs from an existing --out directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=2000; STALE_STEPS=1000; EVAL_N=2048; STALE=1; OUT=runs/quality_bench; REPORT_ONLY=0
+STAGES=teacher,students,ablations,stale
 while [ $# -gt 0 ]; do
   case "$1" in
     --steps) STEPS="$2"; shift ;;
     --stale-steps) STALE_STEPS="$2"; shift ;;
     --eval-n) EVAL_N="$2"; shift ;;
     --no-stale) STALE=0 ;;
+    --stages) STAGES="$2"; shift ;;
     --out) OUT="$2"; shift ;;
     --report-only) REPORT_ONLY=1 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
@@ -37,9 +42,9 @@ if [ -f scripts/dev-env.sh ]; then . scripts/dev-env.sh; fi  # libtorch from the
 cargo build --release --bin run-pipeline --example teacher_eval --example quality_plots >&2
 mkdir -p "$OUT" docs/img
 # Remember the settings so --report-only describes the runs it reports.
-if [ "$REPORT_ONLY" = 1 ]; then
+if [ "$REPORT_ONLY" = 1 ] || [ "$STAGES" != teacher,students,ablations,stale ]; then
   # shellcheck disable=SC1091
-  . "$OUT/settings.sh"
+  [ -f "$OUT/settings.sh" ] && . "$OUT/settings.sh"
 else
   printf 'STEPS=%s\nSTALE_STEPS=%s\nEVAL_N=%s\n' "$STEPS" "$STALE_STEPS" "$EVAL_N" > "$OUT/settings.sh"
 fi
@@ -48,6 +53,8 @@ declare -A PROBLEM
 PROBLEM[video]=""
 PROBLEM[ring]="--set toy.kind=ring --set toy.num_classes=1 --set toy.mode_scale=3.0"
 PROBLEM[imbalanced]="--set toy.kind=imbalanced --set toy.num_classes=1 --set toy.mode_scale=3.0"
+
+stage() { [[ ",$STAGES," == *",$1,"* ]]; }
 
 train() {  # name, then run-pipeline arguments
   local d="$OUT/$1"; shift
@@ -59,9 +66,13 @@ train() {  # name, then run-pipeline arguments
 
 if [ "$REPORT_ONLY" = 0 ]; then
   for prob in video ring imbalanced; do
+    stage teacher || continue
     # shellcheck disable=SC2086
     nice -n 5 $TE --config toy_dmd ${PROBLEM[$prob]} --set toy.eval_samples="$EVAL_N" --steps 50,4 \
       > "$OUT/teacher_$prob.jsonl" 2> "$OUT/teacher_$prob.err" || echo "teacher $prob failed" >&2
+  done
+  for prob in video ring imbalanced; do
+    stage students || break
     for loss in dmd sid; do
       for steps in 1 4; do
         if [ "$steps" = 1 ]; then list="[1000]"; else list="[1000,750,500,250]"; fi
@@ -71,7 +82,15 @@ if [ "$REPORT_ONLY" = 0 ]; then
       done
     done
   done
-  if [ "$STALE" = 1 ]; then
+  if stage ablations; then
+    ring="${PROBLEM[ring]}"
+    for abl in "long --set max_steps=$((3 * STEPS))" "ttur10 --set dfake_gen_update_ratio=10" \
+               "lrc3 --set lr_critic=3.0e-2"; do
+      # shellcheck disable=SC2086
+      train "abl_ring_dmd_4_${abl%% *}" --config toy_dmd $ring --set max_steps="$STEPS" ${abl#* }
+    done
+  fi
+  if [ "$STALE" = 1 ] && stage stale; then
     for k in 0 1 2 4 8; do
       train "stale_$k" --config toy_dmd --set schedule=async --set max_staleness=$k \
         --set max_steps="$STALE_STEPS"
