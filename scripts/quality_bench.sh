@@ -14,7 +14,7 @@
 # plus a staleness study: schedule=async, max_staleness K in {0,1,2,4,8} (DMD 4-step, video).
 #
 # One training process at a time, under `nice -n 5` (the benchmark machine is shared).
-# Ablations (what the literature suggests for a miss, on ring DMD 4-step): 3x the steps, a critic
+# Ablations (what the literature suggests for a miss, on imbalanced DMD 4-step): 3x the steps, a critic
 # trained twice as often per generator update (dfake_gen_update_ratio 10), a 3x critic lr.
 # --stages: run only these stages (then report on everything in --out).
 # --report-only: redraw plots and rewrite the docs from an existing --out directory.
@@ -83,11 +83,11 @@ if [ "$REPORT_ONLY" = 0 ]; then
     done
   done
   if stage ablations; then
-    ring="${PROBLEM[ring]}"
+    imb="${PROBLEM[imbalanced]}"
     for abl in "long --set max_steps=$((3 * STEPS))" "ttur10 --set dfake_gen_update_ratio=10" \
                "lrc3 --set lr_critic=3.0e-2"; do
       # shellcheck disable=SC2086
-      train "abl_ring_dmd_4_${abl%% *}" --config toy_dmd $ring --set max_steps="$STEPS" ${abl#* }
+      train "abl_imbalanced_dmd_4_${abl%% *}" --config toy_dmd $imb --set max_steps="$STEPS" ${abl#* }
     done
   fi
   if [ "$STALE" = 1 ] && stage stale; then
