@@ -7,7 +7,7 @@ use crate::models::mlp::{Mlp, MlpConfig};
 use crate::models::wan::{CausalOptions, WanConfig, WanModel};
 use crate::models::Denoiser;
 use crate::rng::{Lane, Purpose, RngKey};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use tch::{nn, Device, Kind, Tensor};
 
 /// A network an actor owns, with its variables.
@@ -92,24 +92,83 @@ pub fn toy_gmm(cfg: &RunConfig) -> Result<Gmm> {
             t.mode_scale,
             t.seed,
         )?,
-        "ring" => Gmm::ring(
-            t.num_modes as usize,
-            t.mode_scale,
-            t.mode_std,
-            t.num_classes as usize,
+        // The 2-D mixtures are embedded in the latent shape so the same Wan generator trains on
+        // them (its patch needs the video shape); the embedded mixture is again an exact Gmm.
+        "ring" => embed_in_latent(
+            &Gmm::ring(
+                t.num_modes as usize,
+                t.mode_scale,
+                t.mode_std,
+                t.num_classes as usize,
+            )?,
+            [f, c, h, w],
+            t.seed,
         )?,
-        "imbalanced" => Gmm::imbalanced(
-            t.num_modes as usize,
-            t.mode_scale,
-            t.mode_std,
-            t.num_classes as usize,
-            10.0,
+        "imbalanced" => embed_in_latent(
+            &Gmm::imbalanced(
+                t.num_modes as usize,
+                t.mode_scale,
+                t.mode_std,
+                t.num_classes as usize,
+                IMBALANCE_RATIO,
+            )?,
+            [f, c, h, w],
+            t.seed,
         )?,
         other => {
             bail!("config key `toy.kind`: unknown toy `{other}` (procedural, ring, imbalanced)")
         }
     };
     Ok(g.with_shift(cfg.score_timestep_shift))
+}
+
+/// Weight ratio heaviest/lightest mode of `toy.kind: imbalanced` (issue 9: weights spanning 10×).
+pub const IMBALANCE_RATIO: f64 = 10.0;
+
+/// A low-dimensional mixture `low` (means in R^d, d = low.dim()) placed in a latent of `shape`
+/// = [F, C, H, W]: μ_k = Q·m_k with Q the fixed orthonormal D×d frame of `embedding_frame`, each
+/// component keeping its isotropic std in all D dims, and its weight and class. Q preserves
+/// distances, so the modes stay exactly as separated as in d dims, and the result is a `Gmm` in
+/// D dims: the exact denoiser, density and metrics carry over unchanged (Qᵀx of an exact sample
+/// is an exact sample of `low`).
+pub fn embed_in_latent(low: &Gmm, shape: [i64; 4], seed: u64) -> Result<Gmm> {
+    let frame = embedding_frame(shape, low.dim(), seed)?;
+    let means = low.means().matmul(&frame.tr()); // [K, D]
+    Ok(Gmm::new(
+        shape,
+        &means,
+        low.stds().to_vec(),
+        low.weights().to_vec(),
+        low.classes().to_vec(),
+        low.num_classes(),
+    )?
+    .with_shift(low.sigma_table().shift))
+}
+
+/// The orthonormal D×d frame (float64, D = F·C·H·W) of `embed_in_latent`. Each video frame f
+/// gets its own random orthonormal C·H·W×d frame Q_f (QR of a keyed Gaussian matrix, column signs
+/// fixed by diag R > 0 so the result does not depend on the QR routine), and Q stacks them scaled
+/// by 1/√F: QᵀQ = Σ_f Q_fᵀQ_f / F = I. So every frame shows the mode with the same geometry (the
+/// distances shrunk by √F), which makes per-frame mode assignment (frame consistency) as reliable
+/// in every frame, and a causal generator must keep later frames on the mode its first block chose.
+pub fn embedding_frame(shape: [i64; 4], d_low: i64, seed: u64) -> Result<Tensor> {
+    let [f, c, h, w] = shape;
+    let chw = c * h * w;
+    ensure!(
+        chw >= d_low && f >= 1,
+        "toy: a {d_low}-dim mixture does not fit frames of C·H·W = {chw} values (latent {shape:?})"
+    );
+    // Sub-streams "EMBED" + frame: disjoint from `Gmm::procedural`'s (sub = mode index).
+    let key =
+        |i: i64| RngKey::new(seed, 0, Lane::Other, Purpose::Init).sub(0x454D_4245_4400 + i as u64);
+    let blocks: Vec<Tensor> = (0..f)
+        .map(|i| {
+            let a = crate::rng::randn(&key(i), &[chw, d_low], Kind::Double, Device::Cpu);
+            let (q, r) = Tensor::linalg_qr(&a, "reduced");
+            q * r.diagonal(0, 0, 1).sign().unsqueeze(0)
+        })
+        .collect();
+    Ok(Tensor::cat(&blocks, 0) / (f as f64).sqrt())
 }
 
 fn name_hash(s: &str) -> u64 {
