@@ -121,8 +121,8 @@ pub struct RunConfig {
     pub max_nonfinite_steps: u64,
     /// Schedule override (`serial`, `exact`, `async`); empty = the pipeline file's.
     pub schedule: String,
-    /// Staleness bound for `async`; negative = the pipeline file's. Recommended: 1 (see
-    /// docs/PIPELINES.md, "Recommended max_staleness").
+    /// Staleness bound for `async`; negative = the pipeline file's. Recommended: `exact` (no
+    /// staleness); `async` with 1 only for throughput, after checking quality (docs/PIPELINES.md).
     pub max_staleness: i64,
     /// Generator architecture preset (`wan-tiny`, `wan2.1-t2v-1.3b`, …).
     pub generator_name: String,
