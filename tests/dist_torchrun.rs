@@ -3,6 +3,8 @@
 //! included, must join it as a client (TORCHELASTIC_USE_AGENT_STORE=True); the self-test then
 //! runs every collective on Gloo and rank 0 prints the table.
 
+mod common;
+use common::final_tensors;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -272,19 +274,4 @@ fn async_schedule_with_several_processes_is_a_config_error() {
         "{text}"
     );
     assert!(!d.path().join("a").exists(), "nothing may be written");
-}
-
-fn final_tensors(logdir: &Path) -> Vec<(String, tch::Tensor)> {
-    let dir = stillflow::checkpoint::latest_checkpoint(logdir)
-        .expect("list")
-        .expect("a checkpoint");
-    let parts = stillflow::checkpoint::load_checkpoint(&dir).expect("load");
-    let mut out = vec![];
-    for (part, ts) in parts.tensors {
-        for (n, t) in ts {
-            out.push((format!("{part}/{n}"), t));
-        }
-    }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
 }
