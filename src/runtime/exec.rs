@@ -89,6 +89,7 @@ impl Setup {
                             model: h.model.clone(),
                             hub: h.clone(),
                             loaded: None,
+                            aliased: false,
                         },
                     )
                 })
