@@ -98,6 +98,19 @@ impl Packet {
         }
     }
 
+    /// Move every tensor that lives on another device to `device` (disaggregated placement: the
+    /// producer ran on another GPU). The copy is differentiable, so a graph crosses devices intact
+    /// (backward copies the gradient back). Call after the consumer's stream waited on `event`:
+    /// ATen orders a cross-device copy after the destination device's current stream.
+    pub fn to_device(&mut self, device: tch::Device) -> anyhow::Result<()> {
+        for t in self.tensors.values_mut() {
+            if t.device() != device {
+                *t = t.f_to_device(device)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Carry versions, scalars and gradient targets of `other` into `self` (self wins on clashes).
     pub fn inherit(&mut self, other: &Packet) {
         for (k, v) in &other.versions {

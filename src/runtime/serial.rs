@@ -130,6 +130,8 @@ pub fn run_serial(
                                 )
                             })?;
                             debug_assert_eq!(got, work);
+                            let mut p = p;
+                            p.to_device(ctxs[i].device)?;
                             inputs.insert(e.to_port.clone(), p);
                         }
                     }

@@ -301,6 +301,8 @@ fn actor_thread(
                                 crate::cuda::record_stream(t, &stream).map_err(we)?;
                             }
                         }
+                        let mut p = p;
+                        p.to_device(ctx.device).map_err(we)?;
                         inputs.insert(port.clone(), p);
                     }
                     Err(Interrupted::Closed) if work.step >= ctx.credits.stop() => {
