@@ -112,8 +112,9 @@ impl Plan {
     pub fn state_due_in(&self, lo: u64, hi: u64) -> bool {
         let every = self.checkpoint_every.max(1);
         let stop = self.stop_step;
-        let next = (lo / every + 1).saturating_mul(every);
-        let periodic = next <= hi && next < stop && next > self.start_step;
+        // The first periodic boundary after both lo and the start step.
+        let next = (lo.max(self.start_step) / every + 1).saturating_mul(every);
+        let periodic = next <= hi && next < stop;
         let last = stop != u64::MAX && stop > self.start_step && lo < stop && stop <= hi;
         periodic || last
     }
@@ -197,5 +198,7 @@ mod tests {
         q.stop_step = u64::MAX;
         assert!(!q.state_due_in(3, 4) && q.state_due_in(4, 8));
         assert!(!q.state_due_in(9, 11));
+        q.checkpoint_every = 1;
+        assert!(q.state_due_in(3, 5) && !q.state_due_in(3, 4));
     }
 }
