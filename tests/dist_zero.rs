@@ -203,8 +203,15 @@ fn engine(comm: &mut Comm) {
         assert!((mean_loss - want_loss).abs() < 1e-12, "{mean_loss}");
         let want = grads_total_norm(&mean).unwrap();
         assert!((norm - want).abs() < 1e-6 * want, "{norm} vs {want}");
-        let coef = if norm > clip { clip / (norm + 1e-6) } else { 1.0 };
-        assert!(step > 0 || coef < 1.0, "clipping must be active: norm {norm}");
+        let coef = if norm > clip {
+            clip / (norm + 1e-6)
+        } else {
+            1.0
+        };
+        assert!(
+            step > 0 || coef < 1.0,
+            "clipping must be active: norm {norm}"
+        );
         adam.step_with_grads(&mean, coef).unwrap();
         z.apply(comm, "t", coef).unwrap();
         for ((n, a), (_, b)) in rep.iter().zip(&sh) {
@@ -353,8 +360,16 @@ fn assert_metrics_close(a: &Path, b: &Path, rel: f64) {
     for (x, y) in a.iter().zip(&b) {
         assert_eq!(x["step"], y["step"]);
         for k in keys {
-            let (u, v) = (x.get(k).and_then(|v| v.as_f64()), y.get(k).and_then(|v| v.as_f64()));
-            assert_eq!(u.is_some(), v.is_some(), "step {}: {k} in one run only", x["step"]);
+            let (u, v) = (
+                x.get(k).and_then(|v| v.as_f64()),
+                y.get(k).and_then(|v| v.as_f64()),
+            );
+            assert_eq!(
+                u.is_some(),
+                v.is_some(),
+                "step {}: {k} in one run only",
+                x["step"]
+            );
             if let (Some(u), Some(v)) = (u, v) {
                 assert!(
                     (u - v).abs() <= rel * v.abs().max(1e-3),
@@ -369,7 +384,10 @@ fn assert_metrics_close(a: &Path, b: &Path, rel: f64) {
     }
     assert!(clipped >= a.len(), "clipping was not active: {clipped}");
     assert!(
-        a.iter().filter(|l| l.get("generator_loss").is_some()).count() >= 2,
+        a.iter()
+            .filter(|l| l.get("generator_loss").is_some())
+            .count()
+            >= 2,
         "fewer than two generator updates"
     );
 }
@@ -387,7 +405,10 @@ fn assert_checkpoints_close(a: &Path, b: &Path, rel: f64) {
         a.iter().map(|(n, _)| n).collect::<Vec<_>>(),
         b.iter().map(|(n, _)| n).collect::<Vec<_>>()
     );
-    assert!(a.iter().any(|(n, _)| n.starts_with("ema/")), "the EMA did not start");
+    assert!(
+        a.iter().any(|(n, _)| n.starts_with("ema/")),
+        "the EMA did not start"
+    );
     let group = |n: &str| -> String {
         let (part, key) = n.split_once('/').unwrap_or(("", n));
         match key.split('.').collect::<Vec<_>>().as_slice() {
@@ -445,7 +466,10 @@ fn zero1_trains_like_replicated_data_parallel_on_two_and_three_ranks() {
         train(world, &toy(&rep, 7, 2, 0, 4), false);
         let out = train(world, &toy(&zero, 7, 2, 1, 4), false);
         // The memory line, once per optimizer, on rank 0; 3 ranks split unevenly.
-        let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("zero_stage 1:")).collect();
+        let lines: Vec<&str> = out
+            .lines()
+            .filter(|l| l.starts_with("zero_stage 1:"))
+            .collect();
         assert_eq!(lines.len(), 2, "{out}");
         assert!(lines[0].contains(&format!("for 1/{world} of")), "{out}");
         if world == 3 {

@@ -224,7 +224,11 @@ impl Optimizer {
 
     /// The state in checkpoint layout from a gathered full state (the replicated optimizer's
     /// keys and shapes: `model.<var>` f32 for every variable, `adam.exp_avg.<p>`, …).
-    fn full_state_tensors(&self, z: &ZeroAdamW, full: crate::dist::FullState) -> Result<Vec<(String, Tensor)>> {
+    fn full_state_tensors(
+        &self,
+        z: &ZeroAdamW,
+        full: crate::dist::FullState,
+    ) -> Result<Vec<(String, Tensor)>> {
         let idx: BTreeMap<&str, usize> = z
             .names()
             .iter()
@@ -368,7 +372,8 @@ impl Actor for Optimizer {
                 (l, grads_total_norm(&grads)?)
             }
             Masters::Sharded(z) => {
-                let r = with_process_comm(|c| z.reduce(c, &pre, async_schedule, loss_mean, &grads))?;
+                let r =
+                    with_process_comm(|c| z.reduce(c, &pre, async_schedule, loss_mean, &grads))?;
                 // The shard's mean gradient is all the update needs: the full gradients' memory
                 // is free before AdamW runs.
                 grads.clear();

@@ -131,7 +131,14 @@ impl ShardLayout {
 
     /// The flat range [a, b) of `ts` (one tensor per parameter, any shape of the right size) as a
     /// new 1-D tensor of `kind` on `device`, zeros where no parameter lies. Never an alias.
-    pub fn read(&self, ts: &[Tensor], a: i64, b: i64, kind: Kind, device: Device) -> Result<Tensor> {
+    pub fn read(
+        &self,
+        ts: &[Tensor],
+        a: i64,
+        b: i64,
+        kind: Kind,
+        device: Device,
+    ) -> Result<Tensor> {
         let mut parts = Vec::new();
         let mut filled = 0;
         for p in self.pieces(a, b) {
@@ -242,7 +249,10 @@ impl ZeroAdamW {
         }
         for (n, p) in params {
             if p.kind() != Kind::Float {
-                bail!("ZeRO-1: parameter `{n}` is {:?}; the masters start from f32", p.kind());
+                bail!(
+                    "ZeRO-1: parameter `{n}` is {:?}; the masters start from f32",
+                    p.kind()
+                );
             }
         }
         let device = params[0].1.device();
@@ -346,7 +356,12 @@ impl ZeroAdamW {
             let input = Tensor::f_cat(&parts, 0)?;
             drop(parts);
             let out = Tensor::f_empty([l], (Kind::Float, dev))?;
-            comm.reduce_scatter(&format!("{name}/grads/shard{k}"), &out, &input, ReduceOp::Sum)?;
+            comm.reduce_scatter(
+                &format!("{name}/grads/shard{k}"),
+                &out,
+                &input,
+                ReduceOp::Sum,
+            )?;
             drop(input);
             if w > 1 {
                 let _ = out.shallow_clone().f_div_scalar_(w as f64)?;
@@ -355,7 +370,12 @@ impl ZeroAdamW {
             gshard.f_narrow(0, o, l)?.f_copy_(&out)?;
         }
         let v = Tensor::f_stack(
-            &[Tensor::from(loss).f_to_device(dev)?.f_to_kind(Kind::Double)?, sq],
+            &[
+                Tensor::from(loss)
+                    .f_to_device(dev)?
+                    .f_to_kind(Kind::Double)?,
+                sq,
+            ],
             0,
         )?;
         comm.all_reduce(&format!("{name}/loss_sqnorm"), &v, ReduceOp::Sum)?;
@@ -586,23 +606,37 @@ mod tests {
         assert_eq!(l.pieces(3, 6), vec![p(2, 0, 0, 3)]);
         assert_eq!(l.pieces(6, 9), vec![p(2, 3, 0, 1), p(3, 0, 1, 2)]);
         assert_eq!(l.pieces(9, 12), vec![]);
-        assert_eq!(l.pieces(2, 8), vec![p(0, 2, 0, 1), p(2, 0, 1, 4), p(3, 0, 5, 1)]);
+        assert_eq!(
+            l.pieces(2, 8),
+            vec![p(0, 2, 0, 1), p(2, 0, 1, 4), p(3, 0, 5, 1)]
+        );
         assert_eq!(l.rounds(2), vec![(0, 2), (2, 1)]);
         let ts: Vec<Tensor> = [3i64, 0, 4, 2]
             .iter()
             .scan(0f32, |k, &n| {
-                let t = Tensor::arange_start(*k as f64, (*k + n as f32) as f64, (Kind::Float, Device::Cpu));
+                let t = Tensor::arange_start(
+                    *k as f64,
+                    (*k + n as f32) as f64,
+                    (Kind::Float, Device::Cpu),
+                );
                 *k += n as f32;
                 Some(t)
             })
             .collect();
         let flat = l.read(&ts, 6, 12, Kind::Double, Device::Cpu).unwrap();
-        assert_eq!(Vec::<f64>::try_from(&flat).unwrap(), vec![6., 7., 8., 0., 0., 0.]);
+        assert_eq!(
+            Vec::<f64>::try_from(&flat).unwrap(),
+            vec![6., 7., 8., 0., 0., 0.]
+        );
         let zeros: Vec<Tensor> = ts.iter().map(|t| t.zeros_like()).collect();
         for r in 0..4 {
             let a = l.shard_start(r);
-            l.write(&zeros, a, &l.read(&ts, a, a + 3, Kind::Float, Device::Cpu).unwrap())
-                .unwrap();
+            l.write(
+                &zeros,
+                a,
+                &l.read(&ts, a, a + 3, Kind::Float, Device::Cpu).unwrap(),
+            )
+            .unwrap();
         }
         for (a, b) in ts.iter().zip(&zeros) {
             assert!(a.equal(b));
@@ -614,7 +648,12 @@ mod tests {
         [vec![5, 3], vec![7], vec![2, 2, 3]]
             .iter()
             .enumerate()
-            .map(|(i, s)| (format!("p{i}"), Tensor::randn(s.as_slice(), (Kind::Float, Device::Cpu))))
+            .map(|(i, s)| {
+                (
+                    format!("p{i}"),
+                    Tensor::randn(s.as_slice(), (Kind::Float, Device::Cpu)),
+                )
+            })
             .collect()
     }
 
@@ -629,7 +668,9 @@ mod tests {
         };
         let rep = params(1);
         let mut adam = AdamW::new(
-            rep.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect(),
+            rep.iter()
+                .map(|(n, t)| (n.clone(), t.shallow_clone()))
+                .collect(),
             cfg,
         )
         .unwrap();
@@ -664,7 +705,13 @@ mod tests {
             let [ka, kv, _] = state_keys(n);
             let get = |k: &str| st.iter().find(|(x, _)| x == k).unwrap().1.shallow_clone();
             assert!((&full.exp_avg[i] - get(&ka)).abs().max().double_value(&[]) < 1e-6);
-            assert!((&full.exp_avg_sq[i] - get(&kv)).abs().max().double_value(&[]) < 1e-6);
+            assert!(
+                (&full.exp_avg_sq[i] - get(&kv))
+                    .abs()
+                    .max()
+                    .double_value(&[])
+                    < 1e-6
+            );
             assert!((&full.masters[i] - &rep[i].1).abs().max().double_value(&[]) < 1e-6);
         }
         // Loading the replicated state into a fresh sharded optimizer, then one more step each.
@@ -691,10 +738,16 @@ mod tests {
         let e = z2.load(&masters, &bad).unwrap_err().to_string();
         assert!(e.contains("zero_stage: 0"), "{e}");
         let mut extra = adam.state_tensors();
-        extra.push(("exp_avg.q".into(), Tensor::zeros([1], (Kind::Float, Device::Cpu))));
+        extra.push((
+            "exp_avg.q".into(),
+            Tensor::zeros([1], (Kind::Float, Device::Cpu)),
+        ));
         let e = z2.load(&masters, &extra).unwrap_err().to_string();
         assert!(e.contains("unexpected `exp_avg.q`"), "{e}");
-        let e = z2.load(&masters[1..], &adam.state_tensors()).unwrap_err().to_string();
+        let e = z2
+            .load(&masters[1..], &adam.state_tensors())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("missing `p0`"), "{e}");
         for (a, (_, b)) in before.iter().zip(&fresh) {
             assert!(a.equal(b));
