@@ -121,19 +121,10 @@ impl Optimizer {
             )
             .with_context(|| format!("actor `{}`: zero_stage 1", ctx.name))?;
             if ctx.rank == 0 {
-                let l = z.layout();
                 eprintln!(
-                    "zero_stage 1: `{}` ({role}) keeps f32 masters + AdamW moments for 1/{world} \
-                     of {} parameters ({} per rank, {} padding): {} per rank instead of {} \
-                     replicated; full weights in {:?} on every rank: {}",
+                    "zero_stage 1: `{}` ({role}) keeps {}",
                     ctx.name,
-                    l.total(),
-                    l.shard_len(),
-                    l.padding(),
-                    bytes(z.state_bytes()),
-                    bytes(12 * l.total() as u64),
-                    snapshot_kind,
-                    bytes(z.weight_bytes()),
+                    z.memory_line()
                 );
             }
             Masters::Sharded(z)
@@ -581,18 +572,6 @@ impl Actor for Optimizer {
             self.gathered = Some((self.version, all));
         }
         Ok(())
-    }
-}
-
-/// Decimal bytes for messages (`15.60 GB`), as docs/DISTRIBUTED.md counts them.
-fn bytes(b: u64) -> String {
-    let b = b as f64;
-    if b >= 1e9 {
-        format!("{:.2} GB", b / 1e9)
-    } else if b >= 1e6 {
-        format!("{:.2} MB", b / 1e6)
-    } else {
-        format!("{:.1} kB", b / 1e3)
     }
 }
 

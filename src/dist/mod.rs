@@ -10,6 +10,7 @@ pub mod env;
 mod ffi;
 pub mod group;
 pub mod selftest;
+pub mod shard;
 pub mod zero;
 
 pub use comm::{plan_buckets, BucketOptions, Comm, CommOptions};
@@ -19,4 +20,5 @@ pub use data_parallel::{
 };
 pub use env::DistEnv;
 pub use group::{BackendKind, GroupOptions, ProcessGroup, ReduceOp, Store};
-pub use zero::{FullState, ShardLayout, ZeroAdamW};
+pub use shard::ShardLayout;
+pub use zero::{FullState, ZeroAdamW};
