@@ -13,6 +13,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <cstdint>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -59,6 +60,39 @@ int sf_clear_grad(const at::Tensor* t) {
     stillflow_shim::set_last_error(std::string("clear_grad: ") + e.what());
     return 1;
   }
+}
+}
+
+// ---- fused AdamW ----
+extern "C" {
+// ATen's _fused_adamw_ over n parameters: on CUDA a few multi-tensor kernels instead of a dozen
+// element-wise passes per parameter (the per-op path reads and writes the 1.3B-parameter state ~25
+// times per update). `step` is the step count *after* this update, an f32 0-dim tensor on the
+// parameters' device shared by all n (the kernel reads it, does not increment it); `grad_scale`
+// (nullable) divides every gradient first (clipping: 1/coef). Gradients must be the parameters' kind.
+int sf_fused_adamw(at::Tensor* const* params, at::Tensor* const* grads, at::Tensor* const* exp_avgs,
+                   at::Tensor* const* exp_avg_sqs, int64_t n, const at::Tensor* step, double lr,
+                   double beta1, double beta2, double weight_decay, double eps,
+                   const at::Tensor* grad_scale) {
+  SF_TRY({
+    std::vector<at::Tensor> p, g, m, v, s;
+    p.reserve(n);
+    g.reserve(n);
+    m.reserve(n);
+    v.reserve(n);
+    s.reserve(n);
+    for (int64_t i = 0; i < n; ++i) {
+      p.push_back(*params[i]);
+      g.push_back(*grads[i]);
+      m.push_back(*exp_avgs[i]);
+      v.push_back(*exp_avg_sqs[i]);
+      s.push_back(*step);
+    }
+    std::optional<at::Tensor> scale;
+    if (grad_scale != nullptr) scale = *grad_scale;
+    at::_fused_adamw_(p, g, m, v, /*max_exp_avg_sqs=*/{}, s, lr, beta1, beta2, weight_decay, eps,
+                      /*amsgrad=*/false, /*maximize=*/false, scale, /*found_inf=*/std::nullopt);
+  })
 }
 }
 

@@ -276,7 +276,7 @@ impl Optimizer {
                     e.record(&s).ok()?;
                     Some(e)
                 });
-            hub.publish(self.version, snap, event);
+            hub.publish(self.version, snap, event, !self.share_masters);
         }
     }
 

@@ -24,6 +24,21 @@ extern "C" {
     pub fn sf_tensor_vec_free(vec: *mut c_void);
     pub fn sf_string_set(s: *mut c_void, msg: *const c_char, len: usize);
     pub fn sf_clear_grad(t: *const C_tensor) -> c_int;
+    #[allow(clippy::too_many_arguments)]
+    pub fn sf_fused_adamw(
+        params: *const *mut C_tensor,
+        grads: *const *mut C_tensor,
+        exp_avgs: *const *mut C_tensor,
+        exp_avg_sqs: *const *mut C_tensor,
+        n: i64,
+        step: *const C_tensor,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        weight_decay: f64,
+        eps: f64,
+        grad_scale: *const C_tensor,
+    ) -> c_int;
     pub fn sf_checkpoint(
         cb: CkptCallback,
         user: *mut c_void,

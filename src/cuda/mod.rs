@@ -8,6 +8,7 @@
 //! runs unchanged.
 pub mod checkpoint;
 mod ffi;
+pub mod fused;
 pub mod memory;
 pub mod stream;
 

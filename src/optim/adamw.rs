@@ -77,7 +77,15 @@ struct Slot {
 pub struct AdamW {
     cfg: AdamWConfig,
     slots: Vec<Slot>,
+    /// `step_with_grads` goes through ATen's fused kernel (on by default for CUDA parameters; the
+    /// per-op path stays the default on CPU, where it reproduces torch's single-tensor AdamW bit
+    /// for bit).
+    fused: bool,
 }
+
+/// f32 gradient elements converted at once on the fused path (256 MB): bounds the transient copy
+/// of bf16 gradients instead of materialising a whole f32 gradient (5.2 GB at 1.3B).
+const FUSED_CHUNK_ELEMS: i64 = 64 << 20;
 
 const EXP_AVG: &str = "exp_avg.";
 const EXP_AVG_SQ: &str = "exp_avg_sq.";
@@ -117,7 +125,13 @@ impl AdamW {
                 step: 0,
             });
         }
-        Ok(AdamW { cfg, slots })
+        let fused = slots.first().is_some_and(|s| s.param.device().is_cuda());
+        Ok(AdamW { cfg, slots, fused })
+    }
+
+    /// Chooses the fused kernel (true) or the per-op update (false) for `step_with_grads`.
+    pub fn set_fused(&mut self, on: bool) {
+        self.fused = on;
     }
 
     pub fn config(&self) -> &AdamWConfig {
@@ -190,6 +204,9 @@ impl AdamW {
                 self.slots.len()
             );
         }
+        if self.fused {
+            return tch::no_grad(|| self.step_fused(grads, scale));
+        }
         let cfg = self.cfg;
         tch::no_grad(|| {
             let mut updated = 0;
@@ -214,6 +231,73 @@ impl AdamW {
             }
             Ok(updated)
         })
+    }
+
+    /// `step_with_grads` through `_fused_adamw_`, in groups of parameters at the same step count
+    /// and at most `FUSED_CHUNK_ELEMS` gradient elements (converted to f32 per group).
+    fn step_fused(&mut self, grads: &[Tensor], scale: f64) -> Result<usize> {
+        let hp = crate::cuda::fused::FusedAdamW {
+            lr: self.cfg.lr,
+            beta1: self.cfg.beta1,
+            beta2: self.cfg.beta2,
+            weight_decay: self.cfg.weight_decay,
+            eps: self.cfg.eps,
+        };
+        // The kernel divides by grad_scale; clipping multiplies by `scale`.
+        let grad_scale = (scale != 1.0).then(|| 1.0 / scale);
+        let mut updated = 0;
+        let mut group: Vec<usize> = Vec::new();
+        let mut elems = 0i64;
+        let flush = |slots: &mut [Slot], group: &mut Vec<usize>| -> Result<()> {
+            let Some(&first) = group.first() else {
+                return Ok(());
+            };
+            let step = slots[first].step + 1;
+            let mut p = Vec::with_capacity(group.len());
+            let mut g = Vec::with_capacity(group.len());
+            let mut m = Vec::with_capacity(group.len());
+            let mut v = Vec::with_capacity(group.len());
+            for &i in group.iter() {
+                let s = &slots[i];
+                p.push(s.param.shallow_clone());
+                // A fresh f32 copy: the kernel writes the scaled gradient back into it.
+                g.push(grads[i].f_to_dtype(Kind::Float, false, true)?);
+                m.push(s.exp_avg.shallow_clone());
+                v.push(s.exp_avg_sq.shallow_clone());
+            }
+            crate::cuda::fused::fused_adamw(&p, &g, &m, &v, step, hp, grad_scale)
+                .with_context(|| format!("AdamW step of `{}`…", slots[first].name))?;
+            for &i in group.iter() {
+                slots[i].step = step;
+            }
+            group.clear();
+            Ok(())
+        };
+        for (i, g) in grads.iter().enumerate() {
+            if !g.defined() {
+                continue;
+            }
+            let s = &self.slots[i];
+            if g.size() != s.param.size() {
+                bail!(
+                    "AdamW: gradient of `{}` is {:?}, parameter {:?}",
+                    s.name,
+                    g.size(),
+                    s.param.size()
+                );
+            }
+            let n = g.numel() as i64;
+            let same_step = group.first().is_none_or(|&f| self.slots[f].step == s.step);
+            if !group.is_empty() && (!same_step || elems + n > FUSED_CHUNK_ELEMS) {
+                flush(&mut self.slots, &mut group)?;
+                elems = 0;
+            }
+            group.push(i);
+            elems += n;
+            updated += 1;
+        }
+        flush(&mut self.slots, &mut group)?;
+        Ok(updated)
     }
 
     /// The state as named tensors: `exp_avg.<param>`, `exp_avg_sq.<param>` (f32, the parameter's

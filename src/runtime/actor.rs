@@ -139,6 +139,8 @@ pub struct WeightsIn {
     pub hub: Arc<WeightsHub>,
     /// Version currently loaded in the reader's copy.
     pub loaded: Option<u64>,
+    /// The reader's weights alias that version's snapshot (no private copy).
+    pub aliased: bool,
 }
 
 /// Everything an actor may use besides its inputs.
@@ -210,15 +212,17 @@ impl Ctx {
             }
         }
         let hub = wi.hub.clone();
-        let got = hub
-            .with_version(lo, hi, &self.cancel, |v, t| {
-                super::weights::copy_named(dst, t).map(|_| v)
+        let was_aliased = wi.aliased;
+        let (got, aliased) = hub
+            .with_version(lo, hi, &self.cancel, |v, p| {
+                super::weights::alias_or_copy_named(dst, p, was_aliased).map(|a| (v, a))
             })
             .map_err(|e| {
                 anyhow::anyhow!("waiting for {} weights v{lo}..=v{hi}: {e}", wi.model)
             })??;
         if let Some(wi) = self.weights_in.get_mut(port) {
             wi.loaded = Some(got);
+            wi.aliased = aliased;
         }
         Ok(got)
     }

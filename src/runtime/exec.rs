@@ -51,13 +51,16 @@ impl Setup {
     }
 
     pub(super) fn hubs(&self) -> BTreeMap<usize, Arc<WeightsHub>> {
-        // Under serial/exact no reader ever needs a version once the next one exists (the next
-        // update waits for every use of the current one), so one snapshot per model is enough:
-        // for a 1.3B model that is 2.6 GB of GPU memory saved per extra version.
-        let keep = match self.plan.mode {
-            super::plan::Mode::Async { max_staleness } => max_staleness as usize + 2,
-            _ => 1,
-        };
+        // One version per model in every mode. Under serial/exact no reader needs version v once
+        // v+1 exists (the next update waits for every use of v). Under async the only lagging
+        // readers are critic-lane rollouts, and the generator version after the one they may use
+        // is produced by an update that depends (through the critic update of the same step) on
+        // their own output, so when such a reader looks, the newest version is never above its
+        // range; and readers alias the snapshot they load, which keeps it alive for them. Every
+        // extra retained version costs a model in bf16 (2.6 GB at 1.3B): on one 80 GB GPU that
+        // decides whether `async` fits. A reader that nevertheless finds only newer versions
+        // fails with an error naming the versions (`Interrupted::Gone`), never silently.
+        let keep = 1;
         let mut hubs = BTreeMap::new();
         for e in &self.wiring.weights {
             hubs.entry(e.from)
@@ -88,6 +91,7 @@ impl Setup {
                             model: h.model.clone(),
                             hub: h.clone(),
                             loaded: None,
+                            aliased: false,
                         },
                     )
                 })

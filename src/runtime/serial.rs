@@ -73,7 +73,7 @@ pub fn run_serial(
             while hub.latest_version().is_some_and(|v| v >= *next) {
                 let v = *next;
                 let (a, c) = (&mut actors[*i], &mut ctxs[*i]);
-                hub.with_version(v, v, &cancel, |_, t| a.on_version(c, v, t))
+                hub.with_version(v, v, &cancel, |_, p| a.on_version(c, v, p.tensors))
                     .map_err(|e| anyhow!("{e}"))??;
                 *next += 1;
             }

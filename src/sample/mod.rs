@@ -241,6 +241,7 @@ fn standalone_ctx(cfg: Arc<RunConfig>, seed: u64, device: Device, out: &Path) ->
             model: "generator".into(),
             hub: Arc::new(WeightsHub::new("generator", 1)),
             loaded: None,
+            aliased: false,
         },
     )]);
     Ctx {
