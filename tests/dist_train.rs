@@ -147,17 +147,21 @@ fn ranks_with_different_weights_stop_before_the_first_update() {
     assert!(!init.is_empty());
     let file = d.path().join("init.safetensors");
     tch::Tensor::write_safetensors(&init, &file).unwrap();
-    let outs = launch(
-        d.path(),
-        "",
-        &format!("generator_ckpt='{}'", file.display()),
-    );
-    for (r, (ok, out)) in outs.iter().enumerate() {
-        assert!(!ok, "rank {r} must fail:\n{out}");
-        assert!(
-            out.contains("the ranks start from different weights"),
-            "rank {r}:\n{out}"
+    // Replicated and ZeRO-1 optimizer state alike (ZeRO-1 would otherwise stitch the shards of
+    // two different models together).
+    for zero in ["zero_stage=0", "zero_stage=1"] {
+        let outs = launch(
+            d.path(),
+            zero,
+            &format!("generator_ckpt='{}'", file.display()),
         );
+        for (r, (ok, out)) in outs.iter().enumerate() {
+            assert!(!ok, "rank {r} ({zero}) must fail:\n{out}");
+            assert!(
+                out.contains("the ranks start from different weights"),
+                "rank {r} ({zero}):\n{out}"
+            );
+        }
     }
 }
 

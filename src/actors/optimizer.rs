@@ -4,19 +4,37 @@
 //! micro-batches, clips the total norm, applies AdamW, bumps the version and publishes a snapshot.
 //! A non-finite loss or gradient norm skips the update (the version still advances, with the old
 //! weights, so readers' version arithmetic holds); too many in a row stop the run.
+//!
+//! With `zero_stage: 1` (ZeRO-1, `dist::zero`) the masters and moments exist only for this rank's
+//! shard and the model is kept in the compute precision; checkpoints are written in the same
+//! full, world-size independent layout either way.
 
 use crate::actors::zoo::{self, Model};
+use crate::dist::{with_process_comm, BucketOptions, ZeroAdamW};
 use crate::optim::{grads_total_norm, AdamW, AdamWConfig};
 use crate::runtime::{Actor, ActorState, Ctx, Ports, Work};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use tch::{Kind, Tensor};
 
+/// Where the f32 masters and AdamW moments live.
+enum Masters {
+    /// `zero_stage: 0`: the model itself is the f32 masters, with the whole AdamW state, on every
+    /// rank. Gradients are all-reduced (averaged) before the update.
+    Replicated {
+        masters: Vec<(String, Tensor)>,
+        adam: AdamW,
+        /// Averages loss and gradients over the ranks of a data-parallel job (no-op otherwise).
+        grad_sync: crate::dist::GradSync,
+    },
+    /// `zero_stage: 1`: this rank's shard only; the model holds the compute-precision weights.
+    Sharded(ZeroAdamW),
+}
+
 pub struct Optimizer {
     model: Model,
     role: String,
-    masters: Vec<(String, Tensor)>,
-    adam: AdamW,
+    state: Masters,
     clip: f64,
     version: u64,
     micro_done: u32,
@@ -25,8 +43,12 @@ pub struct Optimizer {
     nonfinite_total: u64,
     snapshot_kind: Kind,
     share_masters: bool,
-    /// Averages loss and gradients over the ranks of a data-parallel job (no-op otherwise).
-    grad_sync: crate::dist::GradSync,
+    world: u32,
+    /// ZeRO-1 with several processes: the full state (host tensors, checkpoint names) of the
+    /// version it belongs to, gathered by every rank and kept by rank 0 after the last update
+    /// before a checkpoint hand-over, where the collectives are still in step on every rank
+    /// (`state()` runs where they are not).
+    gathered: Option<(u64, Vec<(String, Tensor)>)>,
 }
 
 /// A float parameter: a number, or the name of a config key holding one.
@@ -86,30 +108,139 @@ impl Optimizer {
             eps: 1e-8,
             weight_decay: f64_param(ctx, "weight_decay", "weight_decay")?,
         };
-        let adam = AdamW::new(
-            masters
-                .iter()
-                .map(|(k, v)| (k.clone(), v.shallow_clone()))
-                .collect(),
-            acfg,
-        )?;
+        let snapshot_kind = zoo::compute_kind(cfg, ctx.device);
+        let state = if cfg.zero_stage == 1 {
+            let world = ctx.world.max(1) as usize;
+            let z = ZeroAdamW::new(
+                &masters,
+                world,
+                ctx.rank as usize,
+                acfg,
+                snapshot_kind,
+                &BucketOptions::default(),
+            )
+            .with_context(|| format!("actor `{}`: zero_stage 1", ctx.name))?;
+            if ctx.rank == 0 {
+                eprintln!(
+                    "zero_stage 1: `{}` ({role}) keeps {}",
+                    ctx.name,
+                    z.memory_line()
+                );
+            }
+            Masters::Sharded(z)
+        } else {
+            let adam = AdamW::new(
+                masters
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.shallow_clone()))
+                    .collect(),
+                acfg,
+            )?;
+            Masters::Replicated {
+                masters,
+                adam,
+                grad_sync: crate::dist::GradSync::default(),
+            }
+        };
         let model_key = if gen { "generator" } else { role.as_str() };
         let version = ctx.plan.version_at(model_key, ctx.plan.start_step);
         Ok(Optimizer {
             clip: f64_param(ctx, "clip", clip_k)?,
-            snapshot_kind: zoo::compute_kind(cfg, ctx.device),
+            snapshot_kind,
             share_masters: !matches!(ctx.plan.mode, crate::runtime::Mode::Async { .. }),
+            world: ctx.world.max(1),
             model,
             role,
-            masters,
-            adam,
+            state,
             version,
             micro_done: 0,
             loss_sum: 0.0,
             nonfinite_in_row: 0,
             nonfinite_total: 0,
-            grad_sync: crate::dist::GradSync::default(),
+            gathered: None,
         })
+    }
+
+    /// The trainable parameters (names, and the tensors gradients are shaped like), in order.
+    fn trainable(&self) -> Vec<(String, Tensor)> {
+        match &self.state {
+            Masters::Replicated { masters, .. } => masters
+                .iter()
+                .map(|(n, t)| (n.clone(), t.shallow_clone()))
+                .collect(),
+            Masters::Sharded(z) => z
+                .names()
+                .iter()
+                .zip(z.weights())
+                .map(|(n, t)| (n.clone(), t.shallow_clone()))
+                .collect(),
+        }
+    }
+
+    fn lr(&self) -> f64 {
+        match &self.state {
+            Masters::Replicated { adam, .. } => adam.config().lr,
+            Masters::Sharded(z) => z.config().lr,
+        }
+    }
+
+    /// The model key of the plan's version arithmetic.
+    fn model_key(&self) -> &str {
+        if self.role == "generator" {
+            "generator"
+        } else {
+            self.role.as_str()
+        }
+    }
+
+    /// The step of this optimizer's next update after step `s` (None: none before the stop).
+    fn next_update(ctx: &Ctx, s: u64) -> Option<u64> {
+        let lanes = ctx.plan.lanes.get(&ctx.name)?;
+        ctx.plan
+            .sequence(lanes, s.saturating_add(1))
+            .next()
+            .map(|w| w.step)
+    }
+
+    /// ZeRO-1 with several processes: will a checkpoint take the state this optimizer holds
+    /// after step `s` (before its next update)? Every rank decides alike (plan and config only).
+    fn state_due_after(&self, ctx: &Ctx, s: u64) -> bool {
+        matches!(self.state, Masters::Sharded(_))
+            && self.world > 1
+            && ctx.cfg.save_checkpoints
+            && ctx
+                .plan
+                .state_due_in(s, Self::next_update(ctx, s).unwrap_or(u64::MAX))
+    }
+
+    /// The state in checkpoint layout from a gathered full state (the replicated optimizer's
+    /// keys and shapes: `model.<var>` f32 for every variable, `adam.exp_avg.<p>`, …).
+    fn full_state_tensors(
+        &self,
+        z: &ZeroAdamW,
+        full: crate::dist::FullState,
+    ) -> Result<Vec<(String, Tensor)>> {
+        let idx: BTreeMap<&str, usize> = z
+            .names()
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.as_str(), i))
+            .collect();
+        let mut tensors = vec![];
+        for (k, v) in self.model.vars() {
+            let t = match idx.get(k.as_str()) {
+                Some(&i) => full.masters[i].shallow_clone(),
+                None => crate::checkpoint::host_snapshot(&v)?,
+            };
+            tensors.push((format!("model.{k}"), t));
+        }
+        for (i, n) in z.names().iter().enumerate() {
+            let [ka, kv, ks] = crate::optim::adamw::state_keys(n);
+            tensors.push((format!("adam.{ka}"), full.exp_avg[i].shallow_clone()));
+            tensors.push((format!("adam.{kv}"), full.exp_avg_sq[i].shallow_clone()));
+            tensors.push((format!("adam.{ks}"), Tensor::from(full.step as i64)));
+        }
+        Ok(tensors)
     }
 
     fn publish(&self, ctx: &Ctx) {
@@ -209,30 +340,41 @@ impl Actor for Optimizer {
         // to f32 one tensor at a time, so no f32 .grad of the masters is ever kept. A parameter the
         // loss did not reach gets an explicit zero gradient, so every step updates the same set of
         // parameters whatever happened before (a resumed run has no stale zero gradients).
-        let mut grads = Vec::with_capacity(self.masters.len());
-        for (n, m) in &self.masters {
+        let trainable = self.trainable();
+        let mut grads = Vec::with_capacity(trainable.len());
+        for (n, m) in &trainable {
             let target = by_name
                 .get(n.as_str())
                 .with_context(|| format!("no gradient target for `{n}`"))?;
             let g = target.grad();
             grads.push(if g.defined() { g } else { m.zeros_like() });
         }
+        drop(trainable);
         let pre = self.prefix().to_string();
+        let async_schedule = !self.share_masters;
         // Data parallel (docs/DISTRIBUTED.md): the mean loss and gradients over all ranks, so
         // every rank computes the same norm, makes the same skip decision and takes the same step.
-        let weights: Vec<Tensor> = self
-            .masters
-            .iter()
-            .map(|(_, m)| m.shallow_clone())
-            .collect();
-        let loss_mean =
-            self.grad_sync
-                .sync(&pre, !self.share_masters, loss_mean, &grads, &weights)?;
-        drop(weights);
-        let norm = grads_total_norm(&grads)?;
+        let (loss_mean, norm) = match &mut self.state {
+            Masters::Replicated {
+                masters, grad_sync, ..
+            } => {
+                let weights: Vec<Tensor> = masters.iter().map(|(_, m)| m.shallow_clone()).collect();
+                let l = grad_sync.sync(&pre, async_schedule, loss_mean, &grads, &weights)?;
+                (l, grads_total_norm(&grads)?)
+            }
+            Masters::Sharded(z) => {
+                let r =
+                    with_process_comm(|c| z.reduce(c, &pre, async_schedule, loss_mean, &grads))?;
+                // The shard's mean gradient is all the update needs: the full gradients' memory
+                // is free before AdamW runs.
+                grads.clear();
+                clear_grads(&p.grad_targets)?;
+                r
+            }
+        };
         let mut report = vec![
             (format!("{pre}_grad_norm"), norm),
-            (format!("{pre}_lr"), self.adam.config().lr),
+            (format!("{pre}_lr"), self.lr()),
         ];
         if ctx.world > 1 {
             // The loss actor logs its rank's loss; the mean over ranks (and micro-batches) is
@@ -247,7 +389,10 @@ impl Actor for Optimizer {
                 format!("{pre}_nonfinite_skipped"),
                 self.nonfinite_total as f64,
             ));
-            self.adam.zero_grad();
+            match &mut self.state {
+                Masters::Replicated { adam, .. } => adam.zero_grad(),
+                Masters::Sharded(z) => z.discard(),
+            }
             if self.nonfinite_in_row >= ctx.cfg.max_nonfinite_steps.max(1) {
                 bail!(
                     "{} non-finite {pre} steps in a row (loss {loss_mean}, grad norm {norm}); stopping. \
@@ -260,7 +405,7 @@ impl Actor for Optimizer {
             self.nonfinite_in_row = 0;
             if self.share_masters {
                 // Every-version subscribers (EMA, evaluator) must have read the current version
-                // before the masters change under them.
+                // before the published weights change under them.
                 if let Some(hub) = &ctx.weights_out {
                     hub.wait_consumed(self.version, &ctx.cancel)
                         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -272,16 +417,28 @@ impl Actor for Optimizer {
             } else {
                 1.0
             };
-            self.adam.step_with_grads(&grads, coef)?;
+            match &mut self.state {
+                Masters::Replicated { adam, .. } => {
+                    adam.step_with_grads(&grads, coef)?;
+                }
+                Masters::Sharded(z) => with_process_comm(|c| z.apply(c, &pre, coef))?,
+            }
         }
         drop(grads);
         // set_to_none: the gradients' memory (a model's worth) is free until the next backward.
-        for (_, t) in &p.grad_targets {
-            if t.grad().defined() {
-                crate::cuda::clear_grad(t)?;
+        clear_grads(&p.grad_targets)?;
+        self.version += 1;
+        // ZeRO-1: the state of this version is gathered now if a checkpoint will take it before
+        // the next update (every rank takes part; rank 0 keeps it).
+        self.gathered = None;
+        if self.state_due_after(ctx, work.step) {
+            if let Masters::Sharded(z) = &self.state {
+                let full = with_process_comm(|c| z.gather_state(c, &pre, ctx.rank == 0))?;
+                if let Some(full) = full {
+                    self.gathered = Some((self.version, self.full_state_tensors(z, full)?));
+                }
             }
         }
-        self.version += 1;
         report.push((format!("{pre}_version"), self.version as f64));
         if let tch::Device::Cuda(i) = ctx.device {
             if let Ok(m) = crate::cuda::memory_stats(i) {
@@ -299,13 +456,40 @@ impl Actor for Optimizer {
     fn state(&mut self) -> Result<Option<ActorState>> {
         let _g = tch::no_grad_guard();
         let snap = crate::checkpoint::host_snapshot;
-        let mut tensors: Vec<(String, Tensor)> = Vec::new();
-        for (k, v) in self.model.vars() {
-            tensors.push((format!("model.{k}"), snap(&v)?));
-        }
-        for (k, v) in self.adam.state_tensors() {
-            tensors.push((format!("adam.{k}"), snap(&v)?));
-        }
+        let tensors: Vec<(String, Tensor)> = match &self.state {
+            Masters::Replicated { adam, .. } => {
+                let mut tensors = Vec::new();
+                for (k, v) in self.model.vars() {
+                    tensors.push((format!("model.{k}"), snap(&v)?));
+                }
+                for (k, v) in adam.state_tensors() {
+                    tensors.push((format!("adam.{k}"), snap(&v)?));
+                }
+                tensors
+            }
+            // One process: the whole state is here, no collective needed.
+            Masters::Sharded(z) if self.world == 1 => {
+                let full = z
+                    .gather_state(&mut crate::dist::Comm::single(), self.prefix(), true)?
+                    .context("ZeRO-1: no state gathered")?;
+                self.full_state_tensors(z, full)?
+            }
+            Masters::Sharded(_) => match &self.gathered {
+                Some((v, t)) if *v == self.version => t
+                    .iter()
+                    .map(|(n, t)| (n.clone(), t.shallow_clone()))
+                    .collect(),
+                _ => bail!(
+                    "zero_stage 1: the {} optimizer state of version {} was not gathered from \
+                     the {} processes (it is gathered after the last update before each planned \
+                     checkpoint; a stop by signal under several processes is not one of them); \
+                     the last checkpoint is kept",
+                    self.role,
+                    self.version,
+                    self.world
+                ),
+            },
+        };
         let json = serde_json::json!({
             "role": self.role,
             "version": self.version,
@@ -318,6 +502,11 @@ impl Actor for Optimizer {
     fn restore(&mut self, ctx: &mut Ctx, st: ActorState) -> Result<()> {
         let mut model = vec![];
         let mut adam = vec![];
+        let all: Vec<(String, Tensor)> = st
+            .tensors
+            .iter()
+            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .collect();
         for (k, v) in st.tensors {
             if let Some(n) = k.strip_prefix("model.") {
                 model.push((n.to_string(), v));
@@ -325,19 +514,39 @@ impl Actor for Optimizer {
                 adam.push((n.to_string(), v));
             }
         }
-        crate::optim::copy_named_into(&self.model.vars(), &model, "checkpoint model weights")?;
-        self.adam.load_state(&adam)?;
+        match &mut self.state {
+            Masters::Replicated { adam: a, .. } => {
+                crate::optim::copy_named_into(
+                    &self.model.vars(),
+                    &model,
+                    "checkpoint model weights",
+                )?;
+                a.load_state(&adam)?;
+            }
+            Masters::Sharded(z) => {
+                // The checkpoint holds the full state (written by any number of processes, with
+                // or without ZeRO): this rank keeps its shard of the masters and moments.
+                let names: std::collections::HashSet<&str> =
+                    z.names().iter().map(|n| n.as_str()).collect();
+                let (masters, rest): (Vec<_>, Vec<_>) = model
+                    .into_iter()
+                    .partition(|(n, _)| names.contains(n.as_str()));
+                let others: Vec<(String, Tensor)> = self
+                    .model
+                    .vars()
+                    .into_iter()
+                    .filter(|(n, _)| !names.contains(n.as_str()))
+                    .collect();
+                crate::optim::copy_named_into(&others, &rest, "checkpoint model weights")?;
+                z.load(&masters, &adam)?;
+            }
+        }
         self.version = st
             .json
             .get("version")
             .and_then(|v| v.as_u64())
             .context("checkpoint state lacks `version`")?;
-        let model_key = if self.role == "generator" {
-            "generator"
-        } else {
-            self.role.as_str()
-        };
-        let want = ctx.plan.version_at(model_key, ctx.plan.start_step);
+        let want = ctx.plan.version_at(self.model_key(), ctx.plan.start_step);
         if self.version != want {
             bail!(
                 "checkpoint holds {} version {} but step {} needs version {want}",
@@ -356,6 +565,23 @@ impl Actor for Optimizer {
             .get("nonfinite_in_row")
             .and_then(|v| v.as_u64())
             .unwrap_or(0);
+        // ZeRO-1 with several processes, resumed where a checkpoint comes before this
+        // optimizer's first update: that checkpoint holds the state just loaded.
+        let start = ctx.plan.start_step;
+        if start > 0 && ctx.rank == 0 && self.state_due_after(ctx, start - 1) {
+            self.gathered = Some((self.version, all));
+        }
         Ok(())
     }
+}
+
+/// Sets the gradients of the gradient targets to none (their memory is free until the next
+/// backward).
+fn clear_grads(targets: &[(String, Tensor)]) -> Result<()> {
+    for (_, t) in targets {
+        if t.grad().defined() {
+            crate::cuda::clear_grad(t)?;
+        }
+    }
+    Ok(())
 }

@@ -19,6 +19,9 @@ pub const VOLATILE_CONFIG_KEYS: &[&str] = &[
     "max_staleness",
     "max_nonfinite_steps",
     "generator_ckpt",
+    // How the optimizer state is laid out over the processes, not what it holds: checkpoints
+    // are written in full either way.
+    "zero_stage",
 ];
 
 /// Canonical text: objects with sorted keys, no whitespace, serde_json's number formatting.

@@ -442,6 +442,16 @@ impl RunConfig {
                 format!("`{}`: expected serial, exact or async", self.schedule),
             );
         }
+        if self.zero_stage > 1 {
+            return bad(
+                "zero_stage",
+                format!(
+                    "{}: expected 0 (replicated optimizer state) or 1 (ZeRO-1: f32 masters and \
+                     AdamW moments sharded over the processes)",
+                    self.zero_stage
+                ),
+            );
+        }
         if self.lr < 0.0 {
             return bad("lr", "must be >= 0".into());
         }

@@ -124,6 +124,13 @@ pub struct RunConfig {
     /// Staleness bound for `async`; negative = the pipeline file's. Recommended: `exact` (no
     /// staleness); `async` with 1 only for throughput, after checking quality (docs/PIPELINES.md).
     pub max_staleness: i64,
+    /// Optimizer state under data parallelism (docs/DISTRIBUTED.md): 0 = replicated (every rank
+    /// keeps the f32 master weights and AdamW moments of the whole model), 1 = ZeRO-1 (each of
+    /// the W ranks keeps them for its 1/W shard of the flattened parameters; gradients are
+    /// reduce-scattered, the updated weights all-gathered). Same training up to float summation
+    /// order; checkpoints are the same either way, so a run may resume with the other stage or
+    /// another number of processes.
+    pub zero_stage: u64,
     /// Generator architecture preset (`wan-tiny`, `wan2.1-t2v-1.3b`, …).
     pub generator_name: String,
     /// The exact-teacher toy problem (used when a model name is `gmm`).
@@ -254,6 +261,7 @@ impl Default for RunConfig {
             max_nonfinite_steps: 20,
             schedule: String::new(),
             max_staleness: -1,
+            zero_stage: 0,
             generator_name: "wan2.1-t2v-1.3b".into(),
             toy: ToyConfig::default(),
             progress: true,

@@ -142,14 +142,7 @@ impl GradSync {
         if !comm.is_distributed() {
             return Ok(loss);
         }
-        if async_schedule {
-            bail!(
-                "`{name}`: the async schedule is not supported with {} processes yet: its two \
-                 optimizer threads are not ordered by data, so their collectives would not be in \
-                 the same order on every rank (use schedule exact or serial)",
-                comm.world_size()
-            );
-        }
+        refuse_async(comm, name, async_schedule)?;
         let _g = tch::no_grad_guard();
         let device = comm.device();
         if self.calls == 0 {
@@ -164,9 +157,32 @@ impl GradSync {
     }
 }
 
+/// The `async` schedule with several processes: its two optimizer threads are not ordered by
+/// data, so their collectives would not come in the same order on every rank.
+pub(super) fn refuse_async(comm: &Comm, name: &str, async_schedule: bool) -> Result<()> {
+    if async_schedule && comm.is_distributed() {
+        bail!(
+            "`{name}`: the async schedule is not supported with {} processes yet: its two \
+             optimizer threads are not ordered by data, so their collectives would not be in \
+             the same order on every rank (use schedule exact or serial)",
+            comm.world_size()
+        );
+    }
+    Ok(())
+}
+
+/// Runs `f` with the process's comm, or with a single-process comm (local semantics) when this
+/// process is the only one.
+pub fn with_process_comm<T>(f: impl FnOnce(&mut Comm) -> Result<T>) -> Result<T> {
+    match process_comm() {
+        Some(mut c) => f(&mut c),
+        None => f(&mut Comm::single()),
+    }
+}
+
 /// Max and min over ranks of a fingerprint of the weights (f64 sums of values and of squares);
 /// any difference means the ranks disagree.
-fn check_same_weights(
+pub(super) fn check_same_weights(
     comm: &mut Comm,
     name: &str,
     weights: &[Tensor],

@@ -91,6 +91,13 @@ const EXP_AVG: &str = "exp_avg.";
 const EXP_AVG_SQ: &str = "exp_avg_sq.";
 const STEP: &str = "step.";
 
+/// The state keys of parameter `param` as [`AdamW::state_tensors`] names them (`exp_avg.<p>`,
+/// `exp_avg_sq.<p>`, `step.<p>`), for code that writes or reads the same checkpoint layout
+/// without holding the parameter in an `AdamW` (ZeRO-1's gathered shards, `dist::zero`).
+pub(crate) fn state_keys(param: &str) -> [String; 3] {
+    [EXP_AVG, EXP_AVG_SQ, STEP].map(|p| format!("{p}{param}"))
+}
+
 impl AdamW {
     /// Builds the optimizer and its zero state (on each parameter's device). The parameters must be
     /// f32 and uniquely named; they are shallow handles, so updates land in the caller's model.

@@ -36,7 +36,6 @@ pub struct Setup {
     pub resume: BTreeMap<String, ActorState>,
     /// Actor kinds that keep checkpointable state.
     pub stateful_kinds: Vec<String>,
-    pub checkpoint_every: u64,
 }
 
 pub(super) type Msg = (Work, Packet);
@@ -123,11 +122,7 @@ impl Setup {
 
     /// Periodic checkpoint boundaries in (start, stop).
     pub(super) fn boundaries(&self, stop: u64) -> VecDeque<u64> {
-        let every = self.checkpoint_every.max(1);
-        let start = self.plan.start_step;
-        ((start / every + 1) * every..stop)
-            .step_by(every as usize)
-            .collect()
+        self.plan.checkpoint_boundaries(stop)
     }
 }
 

@@ -27,6 +27,8 @@ pub struct Plan {
     pub stop_step: u64,
     /// Lanes of each actor (by name). Empty = a service actor (weights subscriber only).
     pub lanes: BTreeMap<String, BTreeSet<Lane>>,
+    /// Period of the checkpoint boundaries (steps; 0 is taken as 1).
+    pub checkpoint_every: u64,
 }
 
 impl Plan {
@@ -93,6 +95,30 @@ impl Plan {
         }
     }
 
+    /// Periodic checkpoint boundaries in (start, stop): the steps before whose work items the
+    /// stateful actors hand over their state (the final state at the stop step comes on top).
+    pub fn checkpoint_boundaries(&self, stop: u64) -> std::collections::VecDeque<u64> {
+        let every = self.checkpoint_every.max(1);
+        let start = self.start_step;
+        ((start / every + 1) * every..stop)
+            .step_by(every as usize)
+            .collect()
+    }
+
+    /// Is a state handed over at some step b with `lo < b <= hi`: a periodic boundary, or the
+    /// planned stop step (a stop by signal lowers it at run time and is not known here)? An actor
+    /// whose state after the work of step `lo` stays unchanged until step `hi` uses this to
+    /// prepare that state while every rank still runs in lockstep (ZeRO-1's gathers).
+    pub fn state_due_in(&self, lo: u64, hi: u64) -> bool {
+        let every = self.checkpoint_every.max(1);
+        let stop = self.stop_step;
+        // The first periodic boundary after both lo and the start step.
+        let next = (lo.max(self.start_step) / every + 1).saturating_mul(every);
+        let periodic = next <= hi && next < stop;
+        let last = stop != u64::MAX && stop > self.start_step && lo < stop && stop <= hi;
+        periodic || last
+    }
+
     /// The model version after all updates of steps < `s` (what a checkpoint at `s` holds).
     pub fn version_at(&self, model: &str, s: u64) -> u64 {
         if model == "generator" {
@@ -115,6 +141,7 @@ mod tests {
             start_step: 0,
             stop_step: 11,
             lanes: BTreeMap::new(),
+            checkpoint_every: 4,
         }
     }
 
@@ -157,5 +184,21 @@ mod tests {
         assert_eq!(a.required_version("generator", &c(5), false), (2, 2));
         assert_eq!(p.version_at("generator", 5), 1);
         assert_eq!(p.version_at("generator", 6), 2);
+    }
+
+    #[test]
+    fn state_hand_overs() {
+        let p = plan(Mode::Exact); // boundaries 4, 8 and the stop 11
+        assert_eq!(p.checkpoint_boundaries(11), [4, 8]);
+        assert!(p.state_due_in(3, 4) && p.state_due_in(0, 5) && p.state_due_in(8, 11));
+        assert!(!p.state_due_in(4, 7) && !p.state_due_in(0, 3) && !p.state_due_in(11, 20));
+        assert!(p.state_due_in(9, u64::MAX));
+        let mut q = p.clone();
+        q.start_step = 4;
+        q.stop_step = u64::MAX;
+        assert!(!q.state_due_in(3, 4) && q.state_due_in(4, 8));
+        assert!(!q.state_due_in(9, 11));
+        q.checkpoint_every = 1;
+        assert!(q.state_due_in(3, 5) && !q.state_due_in(3, 4));
     }
 }

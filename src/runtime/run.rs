@@ -290,6 +290,7 @@ pub fn train(cfg: RunConfig, opts: &RunOptions) -> Result<RunReport> {
             .zip(&wiring.lanes)
             .map(|(n, l)| (n.name.clone(), l.clone()))
             .collect(),
+        checkpoint_every: wiring.checkpoint_every.unwrap_or(cfg.log_iters),
     });
     let cfg = Arc::new(cfg);
     let (metrics_file, scratch) = if rank == 0 {
@@ -334,7 +335,6 @@ pub fn train(cfg: RunConfig, opts: &RunOptions) -> Result<RunReport> {
         } else {
             vec![]
         },
-        checkpoint_every: wiring.checkpoint_every.unwrap_or(cfg.log_iters),
     };
     let window = match mode {
         Mode::Async { max_staleness } => cfg.dfake_gen_update_ratio * (max_staleness + 1) + 1,

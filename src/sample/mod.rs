@@ -231,6 +231,7 @@ fn standalone_ctx(cfg: Arc<RunConfig>, seed: u64, device: Device, out: &Path) ->
         start_step: 0,
         stop_step: 1,
         lanes: BTreeMap::new(),
+        checkpoint_every: 0,
     });
     // A weights input tells the model builder that weights arrive before first use (they come
     // from the checkpoint below), so it skips the random initialisation.
