@@ -225,7 +225,10 @@ fn clip_without_grads_is_zero_and_skips_undefined() {
 /// Parameters and per-step gradients for the fused-vs-per-op comparison: a few shapes, one
 /// parameter that gets no gradient at step 1 (skipped, its step count lags), bf16 gradients like
 /// the trainable bf16 copies produce.
-fn fused_case(fused: bool, scale: f64) -> Vec<(Vec<f32>, Vec<f32>, Vec<f32>, Option<u64>)> {
+/// Per parameter: values, exp_avg, exp_avg_sq, step count.
+type FinalState = Vec<(Vec<f32>, Vec<f32>, Vec<f32>, Option<u64>)>;
+
+fn fused_case(fused: bool, scale: f64) -> FinalState {
     let shapes: [&[i64]; 3] = [&[4, 3], &[7], &[2, 2, 5]];
     let params: Vec<(String, Tensor)> = shapes
         .iter()

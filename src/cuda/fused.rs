@@ -63,9 +63,7 @@ pub fn fused_adamw(
         ts.iter().map(|t| t.as_ptr() as *mut C_tensor).collect()
     };
     let (p, g, m, v) = (ptrs(params), ptrs(grads), ptrs(exp_avgs), ptrs(exp_avg_sqs));
-    let scale_ptr = scale_t
-        .as_ref()
-        .map_or(std::ptr::null(), |t| t.as_ptr() as *const C_tensor);
+    let scale_ptr = scale_t.as_ref().map_or(std::ptr::null(), |t| t.as_ptr());
     // SAFETY: every pointer is a live tensor borrowed for the call (the vectors and `step_t` /
     // `scale_t` outlive it); lengths were checked above; the shim mutates only the tensors' data.
     let rc = unsafe {
