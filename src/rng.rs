@@ -193,8 +193,13 @@ pub fn randint_vec(key: &RngKey, lo: i64, hi: i64, n: usize) -> Vec<i64> {
 
 /// Uniform f64 values in (0, 1).
 pub fn uniform_vec(key: &RngKey, n: usize) -> Vec<f64> {
+    uniform_iter(key).take(n).collect()
+}
+
+/// The numbers of [`uniform_vec`] as an endless iterator (no intermediate f64 vector).
+pub fn uniform_iter(key: &RngKey) -> impl Iterator<Item = f64> {
     let mut r = key.rng();
-    (0..n).map(|_| uniform_open(&mut r)).collect()
+    std::iter::repeat_with(move || uniform_open(&mut r))
 }
 
 #[cfg(test)]

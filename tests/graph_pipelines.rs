@@ -242,3 +242,45 @@ fn docs_embed_the_current_catalogue() {
         "docs/PIPELINES.md: paste this mermaid:\n{m}<<END"
     );
 }
+
+/// The two-GPU placement is the shipped pipeline with devices on three actors: it validates where
+/// two CUDA devices exist, names the missing device where they don't, and differs from
+/// `self_forcing` only in those placements.
+#[test]
+fn two_gpu_placement_is_self_forcing_with_devices() {
+    let two = DeviceInventory { cuda_devices: 2 };
+    let g =
+        load_pipeline("pipelines/self_forcing_2gpu.yaml", &two).unwrap_or_else(|e| panic!("{e}"));
+    let base = load_pipeline("self_forcing", &two).expect("embedded");
+    let strip = |g: &Graph| -> Vec<String> {
+        g.edges
+            .iter()
+            .map(|e| format!("{:?}->{:?} {} {:?}", e.from, e.to, e.capacity, e.ty))
+            .collect()
+    };
+    assert_eq!(strip(&g), strip(&base));
+    let mut on_1 = vec![];
+    for (a, b) in g.actors.iter().zip(&base.actors) {
+        assert_eq!(
+            (&a.name, &a.kind, &a.params, &a.stream),
+            (&b.name, &b.kind, &b.params, &b.stream)
+        );
+        assert_eq!(b.device, None);
+        if let Some(d) = &a.device {
+            assert_eq!(d, "cuda:1", "{}", a.name);
+            on_1.push(a.name.as_str());
+        }
+    }
+    on_1.sort_unstable();
+    assert_eq!(on_1, ["prompts_c", "real_score", "rollout_c"]);
+    let e = load_pipeline(
+        "pipelines/self_forcing_2gpu.yaml",
+        &DeviceInventory { cuda_devices: 1 },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("rollout_c") && e.contains("cuda:1") && e.contains("does not exist"),
+        "{e}"
+    );
+}

@@ -211,6 +211,9 @@ pub fn build(
     random_init: bool,
 ) -> Result<Model> {
     let mut vs = nn::VarStore::new(device);
+    // New variables are created in `kind` directly: a frozen 14B teacher built in f32 first would
+    // need 56 GB on the device before its conversion to bf16 (28 GB).
+    vs.set_kind(kind);
     let key = RngKey::new(seed, 0, Lane::Other, Purpose::Init).sub(name_hash(role));
     let lower = name.to_lowercase();
     let net = if lower == "gmm" {
