@@ -12,7 +12,7 @@
 #       command="BIG=1 scripts/disagg_gpu_check.sh target/run-pipeline-cuda")
 #
 #   scripts/disagg_gpu_check.sh [BINARY]    Environment: STEPS (default 40), OUT, DISAGG_TOL (relative
-#   tolerance on every logged loss, default 1e-3), BIG=1.
+#   tolerance on every logged loss, default 1e-3), BIG=1, BIG_SCHEDULES (default exact,async).
 # Exit 0 when both runs finished and every logged loss agrees within DISAGG_TOL.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -59,7 +59,7 @@ PY
 rc=$?
 if [ "${BIG:-0}" = 1 ]; then
     "$bin" --config "$root/configs/bench_wan1.3b_dmd.yaml" --set max_steps=21 --set "logdir=$out/big" \
-        --set "pipeline=$root/pipelines/self_forcing_2gpu.yaml" profile --schedules exact,async \
+        --set "pipeline=$root/pipelines/self_forcing_2gpu.yaml" profile --schedules "${BIG_SCHEDULES:-exact,async}" \
         > "$out/big.log" 2>&1 || { grep -v '^step' "$out/big.log" | tail -20; }
     cat "$out/big/profile_comparison.md" 2>/dev/null || true
     grep -h "peak memory" "$out"/big/*/profile/summary.md 2>/dev/null || true
