@@ -239,3 +239,33 @@ fn empty_run_gives_zeros_not_nan() {
     assert!(!md.contains("NaN"), "{md}");
     assert!(md.contains("MFU: not computed"), "{md}");
 }
+
+/// Without an explicit peak, MFU is measured against one H100 per CUDA device the run allocated
+/// memory on (a pipeline placed on two GPUs against two), and never against zero devices.
+#[test]
+fn mfu_counts_the_devices_in_use() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mem = |d: &str, b: u64| stillflow::profile::DeviceMemory {
+        device: d.into(),
+        peak_allocated: b,
+        peak_reserved: b,
+    };
+    let mut ex = extras();
+    ex.peak_flops = None;
+    ex.model_flops_per_step = Some(stats::H100_BF16_PEAK_FLOPS);
+    let one = write_profile(dir.path(), &report(), &ex)
+        .expect("cpu")
+        .mfu
+        .expect("mfu");
+    assert!((one - 0.5).abs() < 1e-12, "{one}"); // no devices → one
+    ex.peak_memory = vec![
+        mem("cuda:0", 1 << 30),
+        mem("cuda:1", 1 << 20),
+        mem("cuda:2", 0),
+    ];
+    let two = write_profile(dir.path(), &report(), &ex)
+        .expect("2 gpus")
+        .mfu
+        .expect("mfu");
+    assert!((two - 0.25).abs() < 1e-12, "{two}");
+}

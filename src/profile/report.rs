@@ -44,7 +44,8 @@ pub struct ProfileExtras {
     pub peak_memory: Vec<DeviceMemory>,
     /// Model FLOPs of one training step (forward + backward of every model, no recomputation).
     pub model_flops_per_step: Option<f64>,
-    /// Peak FLOP/s of the device for MFU; None = [`stats::H100_BF16_PEAK_FLOPS`].
+    /// Peak FLOP/s for MFU; None = [`stats::H100_BF16_PEAK_FLOPS`] times the CUDA devices this
+    /// process used (allocated memory on), so a pipeline placed on two GPUs is measured against two.
     pub peak_flops: Option<f64>,
 }
 
@@ -157,7 +158,15 @@ impl ProfileSummary {
                 None => stats::concurrency(iv).overlap_s / wall,
             }
         });
-        let peak_flops = extras.peak_flops.unwrap_or(stats::H100_BF16_PEAK_FLOPS);
+        let used = extras
+            .peak_memory
+            .iter()
+            .filter(|m| m.peak_allocated > 0)
+            .count()
+            .max(1);
+        let peak_flops = extras
+            .peak_flops
+            .unwrap_or(stats::H100_BF16_PEAK_FLOPS * used as f64);
         let steady = window.map(|(lo, hi)| {
             let c = stats::concurrency_in(spans.iter().map(|s| (s.start_s, s.secs)), lo, hi);
             (c.overlap_s / (hi - lo), hi - lo)
