@@ -236,6 +236,7 @@ pub fn alias_or_copy_named(
 ) -> anyhow::Result<bool> {
     let map: BTreeMap<&str, &Tensor> = src.tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let aliasable = src.immutable
+        && alias_enabled()
         && dst.iter().all(|(name, d)| {
             map.get(name.as_str()).is_some_and(|s| {
                 s.size() == d.size() && s.kind() == d.kind() && s.device() == d.device()
@@ -263,6 +264,13 @@ pub fn alias_or_copy_named(
         }
     }
     Ok(true)
+}
+
+/// `STILLFLOW_ALIAS_WEIGHTS=0` makes readers copy every snapshot (a diagnostic switch: the
+/// behaviour before aliasing, at one model copy per reader more memory).
+fn alias_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("STILLFLOW_ALIAS_WEIGHTS").map_or(true, |v| v != "0"))
 }
 
 /// Deep copy of named tensors (detached), e.g. to publish a snapshot.
