@@ -3,7 +3,7 @@
 # and the README section "## Quality against an exact teacher" with one command.
 #
 #   scripts/quality_bench.sh [--steps N] [--stale-steps N] [--eval-n N] [--no-stale] [--out DIR]
-#                            [--stages teacher,students,ablations,stale] [--report-only]
+#                            [--stages teacher,students,ablations,alpha_guidance,stale] [--report-only]
 #
 # Rows: the exact teacher's Euler sampler at 50 and 4 steps (examples/teacher_eval), and DMD / SiD
 # students at 1 step (denoising_step_list [1000]) and 4 steps, on three GMMs:
@@ -21,7 +21,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=2000; STALE_STEPS=1000; EVAL_N=2048; STALE=1; OUT=runs/quality_bench; REPORT_ONLY=0
-STAGES=teacher,students,ablations,stale
+STAGES=teacher,students,ablations,alpha_guidance,stale
 while [ $# -gt 0 ]; do
   case "$1" in
     --steps) STEPS="$2"; shift ;;
@@ -42,7 +42,7 @@ if [ -f scripts/dev-env.sh ]; then . scripts/dev-env.sh; fi  # libtorch from the
 cargo build --release --bin run-pipeline --example teacher_eval --example quality_plots >&2
 mkdir -p "$OUT" docs/img
 # Remember the settings so --report-only describes the runs it reports.
-if [ "$REPORT_ONLY" = 1 ] || [ "$STAGES" != teacher,students,ablations,stale ]; then
+if [ "$REPORT_ONLY" = 1 ] || [ "$STAGES" != teacher,students,ablations,alpha_guidance,stale ]; then
   # shellcheck disable=SC1091
   [ -f "$OUT/settings.sh" ] && . "$OUT/settings.sh"
 else
@@ -88,6 +88,21 @@ if [ "$REPORT_ONLY" = 0 ]; then
                "lrc3 --set lr_critic=3.0e-2"; do
       # shellcheck disable=SC2086
       train "abl_imbalanced_dmd_4_${abl%% *}" --config toy_dmd $imb --set max_steps="$STEPS" ${abl#* }
+    done
+  fi
+  if stage alpha_guidance; then
+    imb="${PROBLEM[imbalanced]}"
+    # SiD's α (the Fisher-divergence weighting; SiD's paper uses 1 and 1.2) on the mixture where
+    # DMD collapses, and the real score's guidance (g in r_c + g·(r_c − r_u)) on the class-
+    # conditional video mixture.
+    for a in "a05 0.5" "a12 1.2"; do
+      # shellcheck disable=SC2086
+      train "abl_imbalanced_sid_4_${a%% *}" --config toy_sid $imb --set max_steps="$STEPS" \
+        --set "sid_alpha=${a#* }"
+    done
+    for g in "g05 0.5" "g2 2.0"; do
+      train "abl_video_dmd_4_${g%% *}" --config toy_dmd --set max_steps="$STEPS" \
+        --set "guidance_scale=${g#* }"
     done
   fi
   if [ "$STALE" = 1 ] && stage stale; then
