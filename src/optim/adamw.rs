@@ -204,6 +204,16 @@ impl AdamW {
                 self.slots.len()
             );
         }
+        for (s, g) in self.slots.iter().zip(grads) {
+            if g.defined() && g.size() != s.param.size() {
+                bail!(
+                    "AdamW: gradient of `{}` is {:?}, parameter {:?}",
+                    s.name,
+                    g.size(),
+                    s.param.size()
+                );
+            }
+        }
         if self.fused {
             return tch::no_grad(|| self.step_fused(grads, scale));
         }
@@ -213,14 +223,6 @@ impl AdamW {
             for (s, g) in self.slots.iter_mut().zip(grads) {
                 if !g.defined() {
                     continue;
-                }
-                if g.size() != s.param.size() {
-                    bail!(
-                        "AdamW: gradient of `{}` is {:?}, parameter {:?}",
-                        s.name,
-                        g.size(),
-                        s.param.size()
-                    );
                 }
                 let mut g = g.f_to_kind(Kind::Float)?;
                 if scale != 1.0 {
@@ -278,14 +280,6 @@ impl AdamW {
                 continue;
             }
             let s = &self.slots[i];
-            if g.size() != s.param.size() {
-                bail!(
-                    "AdamW: gradient of `{}` is {:?}, parameter {:?}",
-                    s.name,
-                    g.size(),
-                    s.param.size()
-                );
-            }
             let n = g.numel() as i64;
             let same_step = group.first().is_none_or(|&f| self.slots[f].step == s.step);
             if !group.is_empty() && (!same_step || elems + n > FUSED_CHUNK_ELEMS) {
