@@ -350,6 +350,18 @@ impl Actor for Optimizer {
             grads.push(if g.defined() { g } else { m.zeros_like() });
         }
         drop(trainable);
+        // The gradients were allocated on the producer's stream (backward runs there); this
+        // optimizer reads them on its own stream and then drops them (`clear_grads`). Without
+        // telling the caching allocator, their memory counts as free on the producer's stream
+        // while our reads may still be queued; with expandable segments an out-of-memory retry
+        // can even unmap it under those reads (a CUDA illegal memory access).
+        if let Ok(s) = crate::cuda::CudaStream::current_for(ctx.device) {
+            if !s.is_host() {
+                for g in &grads {
+                    crate::cuda::record_stream(g, &s)?;
+                }
+            }
+        }
         let pre = self.prefix().to_string();
         let async_schedule = !self.share_masters;
         // Data parallel (docs/DISTRIBUTED.md): the mean loss and gradients over all ranks, so

@@ -192,7 +192,8 @@ pub fn train(cfg: RunConfig, opts: &RunOptions) -> Result<RunReport> {
     }
     if matches!(mode, Mode::Async { .. }) && device.is_cuda() && !opts.quiet {
         // Measured on one H100 80GB (1.3B bench config): two of four async runs aborted with a
-        // CUDA illegal memory access, cause not yet found (README, Known issues).
+        // CUDA illegal memory access; the likely cause (gradients read on the optimizer's stream
+        // without record_stream) is fixed but not yet verified on a GPU (README, Known issues).
         eprintln!(
             "warning: schedule `async` on CUDA is experimental: on an H100 two of four 1.3B runs \
              aborted with an illegal memory access (README, Known issues); use `exact` for long runs"
