@@ -95,11 +95,15 @@ if [ "$REPORT_ONLY" = 0 ]; then
     # SiD's α (the Fisher-divergence weighting; SiD's paper uses 1 and 1.2) on the mixture where
     # DMD collapses, and the real score's guidance (g in r_c + g·(r_c − r_u)) on the class-
     # conditional video mixture.
-    for a in "a05 0.5" "a12 1.2"; do
+    for a in "a05 0.5" "a12 1.2" "a15 1.5"; do
       # shellcheck disable=SC2086
       train "abl_imbalanced_sid_4_${a%% *}" --config toy_sid $imb --set max_steps="$STEPS" \
         --set "sid_alpha=${a#* }"
     done
+    # The best α with the faster critic of the DMD ablations.
+    # shellcheck disable=SC2086
+    train "abl_imbalanced_sid_4_a12lrc3" --config toy_sid $imb --set max_steps="$STEPS" \
+      --set sid_alpha=1.2 --set lr_critic=3.0e-2
     for g in "g05 0.5" "g2 2.0"; do
       train "abl_video_dmd_4_${g%% *}" --config toy_dmd --set max_steps="$STEPS" \
         --set "guidance_scale=${g#* }"
