@@ -487,3 +487,21 @@ fn short_unknown_keys_get_no_far_fetched_hint() {
         "--set sed=1: unknown key `sed` (did you mean `seed`?)"
     );
 }
+
+/// `ema_device` takes "" (with the weights) or cpu; anything else names the key.
+#[test]
+fn ema_device_is_validated() {
+    assert_eq!(
+        load_sets(&["ema_device=cpu"])
+            .expect("cpu")
+            .config
+            .ema_device,
+        "cpu"
+    );
+    assert_eq!(load_sets(&[]).expect("default").config.ema_device, "");
+    let e = err_of(load_sets(&["ema_device=gpu"])).to_string();
+    assert!(
+        e.contains("ema_device") && e.contains("gpu") && e.contains("cpu"),
+        "{e}"
+    );
+}

@@ -22,8 +22,12 @@ impl EmaActor {
         // The reference creates the EMA after step `start_step − 1` ends: the version then is
         // the number of generator updates at steps < start_step.
         let start_version = ctx.plan.version_at("generator", start_step);
+        let mut ema = Ema::new(w, start_version)?;
+        if ctx.cfg.ema_device == "cpu" {
+            ema = ema.on_device(tch::Device::Cpu);
+        }
         Ok(EmaActor {
-            ema: Ema::new(w, start_version)?,
+            ema,
             start_version,
             last: None,
         })

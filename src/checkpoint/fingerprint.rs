@@ -22,6 +22,8 @@ pub const VOLATILE_CONFIG_KEYS: &[&str] = &[
     // How the optimizer state is laid out over the processes, not what it holds: checkpoints
     // are written in full either way.
     "zero_stage",
+    // Where the EMA shadow lives, not what it holds.
+    "ema_device",
 ];
 
 /// Canonical text: objects with sorted keys, no whitespace, serde_json's number formatting.

@@ -442,6 +442,15 @@ impl RunConfig {
                 format!("`{}`: expected serial, exact or async", self.schedule),
             );
         }
+        if !matches!(self.ema_device.as_str(), "" | "cpu") {
+            return bad(
+                "ema_device",
+                format!(
+                    "`{}`: expected \"\" (with the weights) or cpu (host memory)",
+                    self.ema_device
+                ),
+            );
+        }
         if self.zero_stage > 1 {
             return bad(
                 "zero_stage",
