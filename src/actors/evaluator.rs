@@ -75,6 +75,11 @@ impl Evaluator {
     pub fn new(ctx: &Ctx) -> Result<Self> {
         let cfg = &ctx.cfg;
         let every = crate::actors::optimizer::f64_param(ctx, "every", "log_iters")?.max(1.0) as u64;
+        // Under torchrun every rank holds the same generator; rank 0 alone writes the logdir, so
+        // the other ranks would only spend GPU time on samples nobody reads.
+        if ctx.rank != 0 {
+            return Ok(Evaluator { inner: None, every });
+        }
         if cfg.real_name.to_lowercase() != "gmm" {
             eprintln!(
                 "evaluator `{}`: no exact teacher (real_name: {}), quality metrics are off",
