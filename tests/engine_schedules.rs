@@ -59,3 +59,28 @@ fn async_respects_staleness_bound() {
     );
     assert_eq!(r.end_step, 16);
 }
+
+/// Weight hubs keep one version: the lagging critic-lane rollouts must still always find one in
+/// their range (the next generator version depends on their own output), with several micro-batches
+/// per step and a loose bound, and the lag must actually happen (else the test shows nothing).
+#[test]
+fn async_with_one_retained_version_never_loses_a_version() {
+    let d = tempfile::tempdir().unwrap();
+    let mut sets: Vec<&str> = SMALL.to_vec();
+    sets.extend([
+        "max_steps=60",
+        "schedule=async",
+        "max_staleness=4",
+        "gradient_accumulation_steps=2",
+        "dfake_gen_update_ratio=2",
+    ]);
+    let r = run(cfg("toy_dmd", d.path(), &sets));
+    assert_eq!(r.end_step, 60);
+    let st: Vec<f64> = series(&r, "rollout_c_staleness")
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(st.len(), 60);
+    assert!(st.iter().all(|&s| (0.0..=4.0).contains(&s)), "{st:?}");
+    assert!(st.iter().any(|&s| s >= 1.0), "no rollout lagged: {st:?}");
+}
