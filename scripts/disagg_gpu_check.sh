@@ -17,21 +17,13 @@
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
-bin=${1:-}
-if [ -z "$bin" ]; then
-    for c in "$root/target/run-pipeline-cuda" "$root/target-cuda/release/run-pipeline"; do
-        if [ -x "$c" ]; then bin=$c; break; fi
-    done
-fi
-[ -n "$bin" ] && [ -x "$bin" ] || { echo "no cuda build of run-pipeline found (make build-cuda, or pass its path)" >&2; exit 2; }
+. "$here/gpu-check-lib.sh"
+find_cuda_bin "${1:-}"
 steps=${STEPS:-40}
 tol=${DISAGG_TOL:-1e-3}
 cfg=${CONFIG:-$root/configs/bench_small_dmd.yaml}
 out=${OUT:-$(mktemp -d)}
-. "$here/gpu-env.sh"
-ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
-[ "$ngpu" -ge 2 ] || { echo "need 2 GPUs (found $ngpu)" >&2; exit 2; }
-nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader || true
+gpu_env cuda 2
 
 common=(--config "$cfg" --set schedule=exact --set progress=false --steps "$steps")
 "$bin" "${common[@]}" --set "logdir=$out/one" train > "$out/one.log" 2>&1 || { tail -20 "$out/one.log"; exit 1; }

@@ -20,13 +20,8 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
 
-bin=${1:-}
-if [ -z "$bin" ]; then
-    for c in "$root/target/run-pipeline-cuda" "$root/target-cuda/release/run-pipeline" "$here/run-pipeline-cuda"; do
-        if [ -x "$c" ]; then bin=$c; break; fi
-    done
-fi
-[ -n "$bin" ] && [ -x "$bin" ] || { echo "no cuda build of run-pipeline found (make build-cuda, or pass its path)" >&2; exit 2; }
+. "$here/gpu-check-lib.sh"
+find_cuda_bin "${1:-}"
 
 . "$here/gpu-env.sh"
 # Multicast stays off everywhere (it can take a shared host's GPUs out of service).

@@ -27,13 +27,8 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
 
-bin=${1:-}
-if [ -z "$bin" ]; then
-    for c in "$root/target/run-pipeline-cuda" "$root/target-cuda/release/run-pipeline" "$here/run-pipeline-cuda"; do
-        if [ -x "$c" ]; then bin=$c; break; fi
-    done
-fi
-[ -n "$bin" ] && [ -x "$bin" ] || { echo "no cuda build of run-pipeline found (make build-cuda, or pass its path)" >&2; exit 2; }
+. "$here/gpu-check-lib.sh"
+find_cuda_bin "${1:-}"
 nproc=${2:-2}
 steps=${STEPS:-60}
 batch=${BATCH:-4}
@@ -42,20 +37,7 @@ tol=${DP_CHECK_TOL:-0.02}
 out=${OUT:-$(mktemp -d)}
 cfg="$root/configs/bench_small_dmd.yaml"
 
-if [ "$device" = cuda ]; then
-    . "$here/gpu-env.sh"
-    ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
-    if [ "$ngpu" -lt "$nproc" ]; then
-        echo "need $nproc GPUs (found $ngpu)" >&2
-        exit 2
-    fi
-    nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader || true
-else
-    export CUDA_VISIBLE_DEVICES=
-fi
-# Multicast stays off everywhere (it can take a shared host's GPUs out of service).
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-if command -v torchrun >/dev/null; then run=(torchrun); else run=(python3 -m torch.distributed.run); fi
+gpu_env "$device" "$nproc"
 
 common=(--config "$cfg" --set "device=$device" --set "max_steps=$steps" --set progress=false)
 echo "== host $(hostname): $nproc processes, batch $batch per process, $steps steps; binary $bin; out $out"

@@ -11,12 +11,11 @@
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
-bin=${1:-$root/target/run-pipeline-cuda}
-[ -x "$bin" ] || { echo "no cuda build of run-pipeline at $bin (make build-cuda, or pass its path)" >&2; exit 2; }
+. "$here/gpu-check-lib.sh"
+find_cuda_bin "${1:-}"
 out=${OUT:-$(mktemp -d)}
 mkdir -p "$out"
-. "$here/gpu-env.sh"
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+gpu_env cuda 1
 
 "$bin" --config "$root/configs/bench_wan1.3b_dmd.yaml" --set max_steps=21 --set "logdir=$out/big" \
     --set progress=false profile --schedules "${SCHEDULES:-serial,exact,async}" > "$out/big.log" 2>&1

@@ -40,13 +40,8 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
 
-bin=${1:-}
-if [ -z "$bin" ]; then
-    for c in "$root/target/run-pipeline-cuda" "$root/target-cuda/release/run-pipeline" "$here/run-pipeline-cuda"; do
-        if [ -x "$c" ]; then bin=$c; break; fi
-    done
-fi
-[ -n "$bin" ] && [ -x "$bin" ] || { echo "no cuda build of run-pipeline found (make build-cuda, or pass its path)" >&2; exit 2; }
+. "$here/gpu-check-lib.sh"
+find_cuda_bin "${1:-}"
 nproc=${2:-2}
 steps=${STEPS:-30}
 batch=${BATCH:-4}
@@ -55,20 +50,7 @@ tol=${ZERO_CHECK_TOL:-0.02}
 cfg=${CONFIG:-$root/configs/bench_small_dmd.yaml}
 out=${OUT:-$(mktemp -d)}
 
-if [ "$device" = cuda ]; then
-    . "$here/gpu-env.sh"
-    ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
-    if [ "$ngpu" -lt "$nproc" ]; then
-        echo "need $nproc GPUs (found $ngpu)" >&2
-        exit 2
-    fi
-    nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader || true
-else
-    export CUDA_VISIBLE_DEVICES=
-fi
-# Multicast stays off everywhere (it can take a shared host's GPUs out of service).
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-if command -v torchrun >/dev/null; then run=(torchrun); else run=(python3 -m torch.distributed.run); fi
+gpu_env "$device" "$nproc"
 
 common=(--config "$cfg" --set "device=$device" --set progress=false)
 echo "== host $(hostname): $nproc processes, batch $batch per process, $steps steps; config $cfg; binary $bin; out $out"
