@@ -112,11 +112,10 @@ pub fn init_random(m: &WanModel, key: &RngKey) {
             }
         }
     }
-    let mut sub = SUBS_BEFORE_BLOCKS + SUBS_PER_BLOCK * m.blocks.len() as u64;
     zero(&m.head.w);
     zero(&m.head.b);
-    sub += 1;
-    normal(&key.sub(sub), &m.head_mod, 1.0 / d.sqrt());
+    let head_sub = SUBS_BEFORE_BLOCKS + SUBS_PER_BLOCK * m.blocks.len() as u64 + 1;
+    normal(&key.sub(head_sub), &m.head_mod, 1.0 / d.sqrt());
 }
 
 fn zero(t: &Tensor) {
