@@ -1,15 +1,18 @@
 //! `distribution_loss` (and its fixed forms `dmd_loss`, `sid_loss`): the generator loss from the
 //! teacher's (CFG) and the critic's x0 predictions (spec §4.1 / §4.3). `loss: from_config` takes
-//! the method from the config key `distribution_loss`.
+//! the method from the config key `distribution_loss`. With a `target` input (an `ode_target`
+//! actor) it adds DMD's regression loss `regression_weight`·mean((x − y)²) and logs the unweighted
+//! mean as `regression_loss`.
 
 use crate::actors::score::graph_entry;
-use crate::losses::{dmd_loss, sid_loss};
+use crate::losses::{dmd_loss, regression_loss, sid_loss};
 use crate::runtime::{Actor, Ctx, Packet, Ports, Work};
 use anyhow::{bail, Context, Result};
 
 pub struct DistributionLoss {
     sid: bool,
     alpha: f64,
+    regression_weight: f64,
 }
 
 impl DistributionLoss {
@@ -39,7 +42,11 @@ impl DistributionLoss {
             );
         }
         let alpha = ctx.param_f64("alpha").unwrap_or(ctx.cfg.sid_alpha);
-        Ok(DistributionLoss { sid, alpha })
+        Ok(DistributionLoss {
+            sid,
+            alpha,
+            regression_weight: ctx.cfg.regression_weight,
+        })
     }
 }
 
@@ -56,18 +63,32 @@ impl Actor for DistributionLoss {
         } else {
             dmd_loss(x, r, f)
         };
-        let value = out.loss.double_value(&[]);
-        let mut p = Packet::new().with("loss", out.loss);
+        let mut loss = out.loss;
+        let mut logged = vec![("dmdtrain_gradient_norm".to_string(), out.dmd_gradient_norm)];
+        match inputs.get("target") {
+            Some(t) => {
+                let reg = regression_loss(x, t.get("target")?)?;
+                let reg_value = reg.double_value(&[]);
+                logged.push(("regression_loss".into(), reg_value));
+                if self.regression_weight > 0.0 {
+                    loss = loss + reg * self.regression_weight;
+                }
+            }
+            None if self.regression_weight > 0.0 => bail!(
+                "config key `regression_weight` is {} but actor `{}` has no `target` input: use a \
+                 pipeline with an `ode_target` actor (pipeline: self_forcing_regression)",
+                self.regression_weight,
+                ctx.name
+            ),
+            None => {}
+        }
+        let value = loss.double_value(&[]);
+        let mut p = Packet::new().with("loss", loss);
         p.inherit(real);
         p.inherit(fake);
         p.scalars.insert("generator_loss".into(), value);
-        ctx.report(
-            work.step,
-            vec![
-                ("generator_loss".into(), value),
-                ("dmdtrain_gradient_norm".into(), out.dmd_gradient_norm),
-            ],
-        );
+        logged.push(("generator_loss".into(), value));
+        ctx.report(work.step, logged);
         Ok([("loss".to_string(), p)].into())
     }
 }

@@ -66,7 +66,7 @@ pub fn measure(
         lane: Lane::Other,
         micro: 0,
     };
-    let (x, exit) = rollout.generate(ctx, &work, cond)?;
+    let (x, exit, _) = rollout.generate(ctx, &work, cond)?;
     let x = x.to_kind(tch::Kind::Float).to_device(tch::Device::Cpu);
     Ok((quality(gmm, &x, None), exit + 1))
 }

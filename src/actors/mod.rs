@@ -7,6 +7,7 @@ pub mod evaluator;
 pub mod flops;
 pub mod latent_source;
 pub mod noiser;
+pub mod ode_target;
 pub mod optimizer;
 pub mod prompt_source;
 pub mod registry;

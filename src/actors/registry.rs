@@ -16,6 +16,7 @@ pub fn build(node: &Node, ctx: &mut Ctx) -> Result<Box<dyn Actor>> {
         "distribution_loss" => Box::new(distribution_loss::DistributionLoss::new(ctx, None)?),
         "dmd_loss" => Box::new(distribution_loss::DistributionLoss::new(ctx, Some("dmd"))?),
         "sid_loss" => Box::new(distribution_loss::DistributionLoss::new(ctx, Some("sid"))?),
+        "ode_target" => Box::new(ode_target::OdeTarget::new(ctx)?),
         "denoising_loss" => Box::new(denoising_loss::DenoisingLoss::new(ctx)?),
         "optimizer" => Box::new(optimizer::Optimizer::new(ctx)?),
         "ema" => Box::new(ema::EmaActor::new(ctx)?),

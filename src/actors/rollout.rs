@@ -80,8 +80,14 @@ impl Rollout {
         &self.vars
     }
 
-    /// Generate one batch; returns x [B, F, C, H, W] (with a graph on exit steps if `grad`) and the exit index.
-    pub fn generate(&self, ctx: &Ctx, work: &Work, cond: &Tensor) -> Result<(Tensor, usize)> {
+    /// Generate one batch; returns x [B, F, C, H, W] (with a graph on exit steps if `grad`), the
+    /// exit index and the initial noise z of every frame (what DMD's regression loss pairs with).
+    pub fn generate(
+        &self,
+        ctx: &Ctx,
+        work: &Work,
+        cond: &Tensor,
+    ) -> Result<(Tensor, usize, Tensor)> {
         let cfg = &ctx.cfg;
         let wan = self.model.wan().context("rollout needs a Wan generator")?;
         let kind = wan.kind();
@@ -171,7 +177,7 @@ impl Rollout {
             }
             outs.push(x0);
         }
-        Ok((Tensor::cat(&outs, 1), exit))
+        Ok((Tensor::cat(&outs, 1), exit, noise))
     }
 }
 
@@ -193,7 +199,7 @@ impl Actor for Rollout {
         }
         let kind = self.model.wan().map(|w| w.kind()).unwrap_or(Kind::Float);
         let cond = cin.get("cond")?.to_kind(kind);
-        let (x, exit) = if self.grad {
+        let (x, exit, z) = if self.grad {
             self.generate(ctx, &work, &cond)?
         } else {
             let _g = tch::no_grad_guard();
@@ -201,6 +207,7 @@ impl Actor for Rollout {
         };
         let mut p = Packet::new();
         p.insert("x", x);
+        p.insert("z", z);
         p.insert("cond", cin.get("cond")?.shallow_clone());
         if let Ok(u) = cin.get("uncond") {
             p.insert("uncond", u.shallow_clone());

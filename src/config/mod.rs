@@ -461,6 +461,12 @@ impl RunConfig {
                 ),
             );
         }
+        if !(self.regression_weight >= 0.0 && self.regression_weight.is_finite()) {
+            return bad("regression_weight", "must be a finite number >= 0".into());
+        }
+        if self.regression_ode_steps == 0 {
+            return bad("regression_ode_steps", "must be >= 1".into());
+        }
         if self.lr < 0.0 {
             return bad("lr", "must be >= 0".into());
         }

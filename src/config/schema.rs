@@ -77,6 +77,13 @@ pub struct RunConfig {
     pub data_path: Option<String>,
     pub batch_size: i64,
     pub sid_alpha: f64,
+    /// Weight λ of DMD's regression loss (Yin et al. 2024: λ_reg = 0.25, with LPIPS):
+    /// λ·mean((G(z) − ODE_teacher(z))²) is added to the generator loss when the pipeline has an
+    /// `ode_target` actor (`pipeline: self_forcing_regression`). 0 = off. Exact teachers only.
+    pub regression_weight: f64,
+    /// Euler steps of the teacher's probability-flow ODE that makes the regression targets
+    /// (uniform σ grid, shift 1: its last step's shrinkage of a mode is ≈ 0.1 % at 200 steps).
+    pub regression_ode_steps: u64,
     pub ema_weight: f64,
     pub ema_start_step: u64,
     /// Where the f32 EMA shadow of the generator lives: `""` = with the weights (the GPU in a CUDA
@@ -234,6 +241,8 @@ impl Default for RunConfig {
             data_path: None,
             batch_size: 1,
             sid_alpha: 1.0,
+            regression_weight: 0.0,
+            regression_ode_steps: 200,
             ema_weight: 0.99,
             ema_start_step: 200,
             ema_device: String::new(),

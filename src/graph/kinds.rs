@@ -11,8 +11,8 @@ pub enum PortType {
     Cond,
     /// Clean latents `x0` [B,F,C,H,W] with their `cond` (data: teacher training, toy GMM samples).
     Latents,
-    /// A rollout's output: `x0` (with a graph at the exit step in lane g), `cond`, exit step,
-    /// model versions. A subtype of `Latents`: every port that takes `Latents` takes `Samples`.
+    /// A rollout's output: `x0` (with a graph at the exit step in lane g), `cond`, the initial
+    /// noise `z`, exit step, model versions. A subtype of `Latents`: every port that takes `Latents` takes `Samples`.
     Samples,
     /// Noised samples: `x0`, `x_t`, `t` [B,F], `eps`, `cond`, versions.
     Noised,
@@ -236,6 +236,11 @@ const LANE: ParamType = P::Enum(&["g", "c"]);
 const LOSS_PORTS: &[PortSpec] = &[
     inp("real", T::Scored, "teacher (real) score, CFG applied"),
     inp("fake", T::Scored, "critic (fake) score, frozen view"),
+    opt_in(
+        "target",
+        T::Latents,
+        "ode_target: adds regression_weight·MSE",
+    ),
     out("loss", T::Loss, "generator loss"),
 ];
 
@@ -391,6 +396,15 @@ pub const KINDS: &[KindSpec] = &[
             ),
             opt("alpha", P::FloatOrKey, "SiD α (default: config sid_alpha)"),
         ],
+    },
+    KindSpec {
+        name: "ode_target",
+        doc: "exact teacher's ODE from the rollout's noise z: DMD's regression targets",
+        ports: &[
+            inp("samples", T::Samples, "a rollout's samples (with z)"),
+            out("target", T::Latents, "y = ODE(z), cond"),
+        ],
+        params: &[opt("steps", P::Int(1), "default: regression_ode_steps")],
     },
     KindSpec {
         name: "denoising_loss",

@@ -25,6 +25,10 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         "self_forcing",
         include_str!("../../pipelines/self_forcing.yaml"),
     ),
+    (
+        "self_forcing_regression",
+        include_str!("../../pipelines/self_forcing_regression.yaml"),
+    ),
     ("teacher", include_str!("../../pipelines/teacher.yaml")),
     ("sample", include_str!("../../pipelines/sample.yaml")),
 ];

@@ -1,15 +1,17 @@
 //! Distillation losses as pure tensor functions (spec §4): classifier-free guidance, the DMD and
-//! SiD generator losses, and the critic's denoising loss. No actors, no models: callers pass the
+//! SiD generator losses, DMD's regression loss, and the critic's denoising loss. No actors, no models: callers pass the
 //! score networks' x0 predictions in.
 
 pub mod cfg;
 pub mod denoising;
 pub mod dmd;
+pub mod regression;
 pub mod sid;
 
 pub use cfg::{apply_cfg, cfg_batched, cfg_two_calls, X0Fn};
 pub use denoising::{flow_pred_loss, x0_pred_loss, CriticLoss, DenoisingLossType};
 pub use dmd::{dmd_gradient, dmd_loss, dmd_loss_masked};
+pub use regression::regression_loss;
 pub use sid::sid_loss;
 
 use tch::Tensor;

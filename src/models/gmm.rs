@@ -595,25 +595,40 @@ impl Gmm {
         cond: &Tensor,
         guidance: Option<(&Tensor, f64)>,
     ) -> Tensor {
-        assert!(steps >= 1, "gmm teacher_sample: steps must be >= 1");
         let [f, c, h, w] = self.shape;
-        let mut x = rng::randn(key, &[n as i64, f, c, h, w], Kind::Double, Device::Cpu);
+        let x = rng::randn(key, &[n as i64, f, c, h, w], Kind::Double, Device::Cpu);
+        self.teacher_ode(&x, steps, shift, cond, guidance)
+            .unwrap_or_else(|e| panic!("{e:#}"))
+            .to_kind(Kind::Float)
+    }
+
+    /// The probability-flow ODE of `teacher_sample_cfg` from a given noise `z` [n, F, C, H, W]
+    /// (any kind and device; float64 inside): the deterministic teacher map z ↦ x0 that DMD's
+    /// regression loss pairs with the generator's own noise. Returns float64 on z's device.
+    pub fn teacher_ode(
+        &self,
+        z: &Tensor,
+        steps: usize,
+        shift: f64,
+        cond: &Tensor,
+        guidance: Option<(&Tensor, f64)>,
+    ) -> Result<Tensor> {
+        ensure!(steps >= 1, "gmm teacher ODE: steps must be >= 1");
+        let n = z.size()[0];
+        let dev = z.device();
+        let mut x = z.to_kind(Kind::Double);
         let grid = Self::euler_grid(steps, shift);
-        let x0 = |x: &Tensor, s: &Tensor, cond: &Tensor| {
-            self.x0_at_sigma_f64(x, s, cond)
-                .unwrap_or_else(|e| panic!("{e:#}"))
-        };
         for i in 0..steps {
-            let s = Tensor::full([n as i64], grid[i], (Kind::Double, Device::Cpu));
-            let mut pred = x0(&x, &s, cond);
+            let s = Tensor::full([n], grid[i], (Kind::Double, dev));
+            let mut pred = self.x0_at_sigma_f64(&x, &s, cond)?;
             if let Some((uncond, g)) = guidance {
-                let pu = x0(&x, &s, uncond);
+                let pu = self.x0_at_sigma_f64(&x, &s, uncond)?;
                 pred = &pred + (&pred - pu) * g;
             }
             let v = (&x - pred) / grid[i];
             x = &x + v * (grid[i + 1] - grid[i]);
         }
-        x.to_kind(Kind::Float)
+        Ok(x)
     }
 }
 

@@ -167,6 +167,14 @@ pub fn train(cfg: RunConfig, opts: &RunOptions) -> Result<RunReport> {
     let graph = crate::graph::load_pipeline(&cfg.pipeline, &DeviceInventory { cuda_devices })
         .map_err(|e| anyhow!("{e}"))?;
     let wiring = Wiring::from_graph(&graph);
+    if cfg.regression_weight > 0.0 && !wiring.nodes.iter().any(|n| n.kind == "ode_target") {
+        bail!(
+            "config key `regression_weight` is {} but pipeline {} has no `ode_target` actor to \
+             make the regression targets (use pipeline: self_forcing_regression)",
+            cfg.regression_weight,
+            cfg.pipeline
+        );
+    }
     let mode = resolve_mode(&cfg, &graph.schedule)?;
     if world > 1 {
         if let Mode::Async { .. } = mode {

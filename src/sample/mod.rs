@@ -344,7 +344,7 @@ pub fn sample(opts: &SampleOptions) -> Result<SampleReport> {
             lane: Lane::Other,
             micro: m as u32,
         };
-        let (x, _) = rollout.generate(&ctx, &work, &c)?;
+        let (x, _, _) = rollout.generate(&ctx, &work, &c)?;
         let x = x.to_kind(Kind::Float).to_device(Device::Cpu);
         outs.push(x.narrow(0, 0, chunk.min(n - first) as i64));
     }
