@@ -38,7 +38,8 @@ fn files_on_disk_equal_embedded_and_win_over_names() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("no_such_pipeline") && e.contains("self_forcing, teacher, sample"),
+        e.contains("no_such_pipeline")
+            && e.contains("self_forcing, self_forcing_regression, teacher, sample"),
         "{e}"
     );
 }
@@ -283,4 +284,33 @@ fn two_gpu_placement_is_self_forcing_with_devices() {
         e.contains("rollout_c") && e.contains("cuda:1") && e.contains("does not exist"),
         "{e}"
     );
+}
+
+#[test]
+fn regression_pipeline_is_self_forcing_plus_the_ode_target() {
+    let g = load_pipeline("self_forcing_regression", &cpu()).unwrap_or_else(|e| panic!("{e}"));
+    let base = load_pipeline("self_forcing", &cpu()).expect("embedded");
+    let edges = |g: &Graph| -> Vec<String> {
+        g.edges
+            .iter()
+            .map(|e| format!("{:?}->{:?} {} {:?}", e.from, e.to, e.capacity, e.ty))
+            .collect()
+    };
+    let (with, without) = (edges(&g), edges(&base));
+    let extra: Vec<&String> = with.iter().filter(|e| !without.contains(e)).collect();
+    assert_eq!(extra.len(), 2, "{extra:?}");
+    assert!(extra
+        .iter()
+        .any(|e| e.contains("rollout_g") && e.contains("ode_target")));
+    assert!(extra
+        .iter()
+        .any(|e| e.contains("ode_target") && e.contains("gen_loss")));
+    assert!(without.iter().all(|e| with.contains(e)));
+    let kinds: Vec<(&str, &str)> = g
+        .actors
+        .iter()
+        .filter(|a| !base.actors.iter().any(|b| b.name == a.name))
+        .map(|a| (a.name.as_str(), a.kind.as_str()))
+        .collect();
+    assert_eq!(kinds, [("ode_target", "ode_target")]);
 }
