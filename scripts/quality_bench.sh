@@ -3,7 +3,7 @@
 # and the README section "## Quality against an exact teacher" with one command.
 #
 #   scripts/quality_bench.sh [--steps N] [--stale-steps N] [--eval-n N] [--no-stale] [--out DIR]
-#                            [--stages teacher,students,ablations,alpha_guidance,stale] [--report-only]
+#                            [--stages teacher,students,ablations,alpha_guidance,regression,stale] [--report-only]
 #
 # Rows: the exact teacher's Euler sampler at 50 and 4 steps (examples/teacher_eval), and DMD / SiD
 # students at 1 step (denoising_step_list [1000]) and 4 steps, on three GMMs:
@@ -15,13 +15,14 @@
 #
 # One training process at a time, under `nice -n 5` (the benchmark machine is shared).
 # Ablations (what the literature suggests for a miss, on imbalanced DMD 4-step): 3x the steps, a critic
-# trained twice as often per generator update (dfake_gen_update_ratio 10), a 3x critic lr.
+# trained twice as often per generator update (dfake_gen_update_ratio 10), a 3x critic lr; SiD's α
+# and guidance (alpha_guidance); DMD's regression loss on teacher ODE pairs (regression).
 # --stages: run only these stages (then report on everything in --out).
 # --report-only: redraw plots and rewrite the docs from an existing --out directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=2000; STALE_STEPS=1000; EVAL_N=2048; STALE=1; OUT=runs/quality_bench; REPORT_ONLY=0
-STAGES=teacher,students,ablations,alpha_guidance,stale
+STAGES=teacher,students,ablations,alpha_guidance,regression,stale
 while [ $# -gt 0 ]; do
   case "$1" in
     --steps) STEPS="$2"; shift ;;
@@ -42,7 +43,7 @@ if [ -f scripts/dev-env.sh ]; then . scripts/dev-env.sh; fi  # libtorch from the
 cargo build --release --bin run-pipeline --example teacher_eval --example quality_plots >&2
 mkdir -p "$OUT" docs/img
 # Remember the settings so --report-only describes the runs it reports.
-if [ "$REPORT_ONLY" = 1 ] || [ "$STAGES" != teacher,students,ablations,alpha_guidance,stale ]; then
+if [ "$REPORT_ONLY" = 1 ] || [ "$STAGES" != teacher,students,ablations,alpha_guidance,regression,stale ]; then
   # shellcheck disable=SC1091
   [ -f "$OUT/settings.sh" ] && . "$OUT/settings.sh"
 else
@@ -108,6 +109,23 @@ if [ "$REPORT_ONLY" = 0 ]; then
       train "abl_video_dmd_4_${g%% *}" --config toy_dmd --set max_steps="$STEPS" \
         --set "guidance_scale=${g#* }"
     done
+  fi
+  if stage regression; then
+    imb="${PROBLEM[imbalanced]}"
+    # DMD's regression loss (pipeline self_forcing_regression; λ = 0.25 is the paper's) on the
+    # mixture where DMD collapses, and a diagnostic: regression alone (λ = 100 drowns the DMD
+    # term; the generator updates every step), i.e. can the generator fit the teacher's ODE map?
+    reg="--set pipeline=self_forcing_regression"
+    for r in "1 reg025 0.25" "1 reg1 1" "4 reg025 0.25"; do
+      read -r n tag w <<< "$r"
+      if [ "$n" = 1 ]; then list="[1000]"; else list="[1000,750,500,250]"; fi
+      # shellcheck disable=SC2086
+      train "abl_imbalanced_dmd_${n}_$tag" --config toy_dmd $imb $reg --set max_steps="$STEPS" \
+        --set "denoising_step_list=$list" --set "regression_weight=$w"
+    done
+    # shellcheck disable=SC2086
+    train "abl_imbalanced_dmd_1_reg100r1" --config toy_dmd $imb $reg --set max_steps="$STEPS" \
+      --set "denoising_step_list=[1000]" --set regression_weight=100 --set dfake_gen_update_ratio=1
   fi
   if [ "$STALE" = 1 ] && stage stale; then
     for k in 0 1 2 4 8; do

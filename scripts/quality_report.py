@@ -177,6 +177,70 @@ def abl2_txt():
                                          "does, in sliced-W2 and spread).")
 
 
+# ---- DMD's regression loss (imbalanced) ----
+REG = [("imbalanced_dmd_1", "DMD 1-step (baseline)"),
+       ("abl_imbalanced_dmd_1_reg025", "DMD 1-step + regression, λ = 0.25 (DMD's value)"),
+       ("abl_imbalanced_dmd_1_reg1", "DMD 1-step + regression, λ = 1"),
+       ("imbalanced_dmd_4", "DMD 4-step (baseline)"),
+       ("abl_imbalanced_dmd_4_reg025", "DMD 4-step + regression, λ = 0.25"),
+       ("abl_imbalanced_dmd_1_reg100r1",
+        "regression alone (λ = 100, generator every step), 1-step: diagnostic")]
+reg_rows = ["| imbalanced | coverage | mass err | SW2 | std ratio | precision | frame consist. | "
+            "regression MSE | bar |", "|---|---|---|---|---|---|---|---|---|"]
+reg = {}
+
+
+def reg_mse(name):
+    """Mean regression_loss (mean((G(z) − ODE(z))²)) over the last 20 generator updates."""
+    v = [r["regression_loss"] for r in jsonl(f"{out}/{name}/metrics.jsonl") if "regression_loss" in r]
+    return sum(v[-20:]) / len(v[-20:]) if v else None
+
+
+for name, label in REG:
+    ev = jsonl(f"{out}/{name}/eval.jsonl")
+    if not ev:
+        reg_rows.append(f"| {label} | " + " | ".join(["n/a"] * 7) + " | not run |")
+        continue
+    d = reg[name] = ev[-1]
+    m = reg_mse(name)
+    d["_first_mse"] = next((r["regression_loss"] for r in jsonl(f"{out}/{name}/metrics.jsonl")
+                            if "regression_loss" in r), None)
+    d["_mse"] = m
+    ok, miss = verdict(d, imb_t.get(50), imb_t.get(4))
+    reg_rows.append(f"| {label} | {d['coverage']:.3f} | {d['mass_err_max']:.3f} | "
+                    f"{d['sliced_w2']:.3f} | {d['std_ratio']:.2f} | {d['precision']:.3f} | "
+                    f"{d['frame_consistency']:.3f} | "
+                    + ("n/a" if m is None else f"{m:.3f}") + " | "
+                    + ("**meets**" if ok else "miss: " + ", ".join(miss)) + " |")
+
+
+def reg_txt():
+    b1, r1, r4, p = (reg.get(n) for n in ("imbalanced_dmd_1", "abl_imbalanced_dmd_1_reg025",
+                                          "abl_imbalanced_dmd_4_reg025",
+                                          "abl_imbalanced_dmd_1_reg100r1"))
+    b4 = reg.get("imbalanced_dmd_4")
+    if not (b1 and r1 and r4 and p and b4):
+        return "not run."
+    t = (f"DMD's regression loss (pipeline `self_forcing_regression`, MSE to the exact teacher's "
+         f"ODE output from the generator's own noise, λ = 0.25): 1-step coverage "
+         f"{b1['coverage']:.3f} → {r1['coverage']:.3f}, mass err {b1['mass_err_max']:.3f} → "
+         f"{r1['mass_err_max']:.3f}; 4-step coverage {b4['coverage']:.3f} → {r4['coverage']:.3f}, "
+         f"mass err {b4['mass_err_max']:.3f} → {r4['mass_err_max']:.3f}. ")
+    t += (f"The diagnostic row explains why it cannot do more here: even regression alone "
+          f"(λ = 100, {steps} generator updates) brings the regression MSE only from "
+          f"{p['_first_mse']:.3f} to {p['_mse']:.3f} per element, with std ratio "
+          f"{p['std_ratio']:.2f} and precision {p['precision']:.3f}, coverage {p['coverage']:.3f}. "
+          "The tiny generator does not fit the teacher's deterministic map z ↦ ODE(z) in this "
+          "budget, so the pairs cannot pin its modes. Two structural limits add to it: a "
+          "block-causal generator sees only its own block's noise while the bidirectional "
+          "teacher's ODE chooses a sample's mode from all frames' noise (the MSE-optimal causal "
+          "output averages modes), and a multi-step rollout re-noises with fresh noise between "
+          "steps, so its output is not a function of z alone. The excess spread of every student is "
+          "therefore at least partly the generator's capacity/optimisation limit at this size, "
+          "not only the distribution-matching objective.")
+    return t
+
+
 # ---- staleness ----
 stale_rows, stale = [], {}
 for k in [0, 1, 2, 4, 8]:
@@ -342,8 +406,8 @@ def abl_verdict():
               f"mass error to {best:.3f} but "
               + ("does not restore the lost modes." if max(r["coverage"] for r in rest) < 1
                  else "restores the modes.")))
-    t.append("The remedies the literature aims at exactly this (DMD's regression loss on teacher "
-             "ODE pairs, DMD2's GAN term on real data) are not implemented in stillflow yet.")
+    t.append("The remedies the literature aims at exactly this are DMD's regression loss on "
+             "teacher ODE pairs (next item) and DMD2's GAN term on real data (not implemented).")
     return " ".join(t)
 
 
@@ -368,6 +432,7 @@ EXPLAIN = [
     "- **Ablations (imbalanced, DMD 4-step)**: " + "; ".join(abl_txt(n, l) for n, l in ABL[1:]) +
     ". " + abl_verdict(),
     "- **α and guidance**: " + abl2_txt(),
+    "- **Regression loss**: " + reg_txt(),
     "- **Sample noise**: with N evaluation samples the mass error of exact samples is about "
     f"√(π(1−π)/N) per mode ({(0.125 * 0.875 / max(int(eval_n), 1)) ** 0.5:.4f} for π = 1/8), "
     "so the 0.02 bar is resolvable; sliced-W2 has the floor shown in the full tables.",
@@ -383,6 +448,8 @@ md += ["## The bar", ""] + summary + ["", "## Why methods miss", ""] + EXPLAIN
 md += ["", "![students](img/quality_students.png)", "",
        "## Ablations (what the literature suggests for a miss)", ""] + abl_rows + ["",
        "SiD's α and the real score's guidance:", ""] + abl2_rows + ["",
+       "DMD's regression loss (`pipeline: self_forcing_regression`, `regression_weight` λ; "
+       "regression MSE = mean over the last 20 generator updates):", ""] + reg_rows + ["",
        f"## Staleness (schedule async, DMD 4-step, video, {stale_steps} steps)", ""]
 md += stale_hdr + stale_rows + ["", rec, "", "![staleness](img/quality_staleness.png)", ""]
 with open(md_path, "w") as f:
@@ -399,6 +466,8 @@ sec += tables_short + ["What the bar says:", ""] + summary + ["", "Why:", ""] + 
 sec += ["", "![students](docs/img/quality_students.png)", "",
         "Ablations on the imbalanced mixture (DMD 4-step):", ""] + abl_rows + ["",
         "SiD's α and the real score's guidance:", ""] + abl2_rows + ["",
+        "DMD's regression loss (`pipeline: self_forcing_regression`, `regression_weight` λ):",
+        ""] + reg_rows + ["",
         f"Staleness (`schedule: async`, DMD 4-step on `video`, {stale_steps} steps):", ""]
 sec += stale_hdr + stale_rows + ["", rec, "", "![staleness](docs/img/quality_staleness.png)", ""]
 text = open(readme).read()

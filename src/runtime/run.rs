@@ -199,12 +199,13 @@ pub fn train(cfg: RunConfig, opts: &RunOptions) -> Result<RunReport> {
         }
     }
     if matches!(mode, Mode::Async { .. }) && device.is_cuda() && !opts.quiet {
-        // Measured on one H100 80GB (1.3B bench config): two of four async runs aborted with a
-        // CUDA illegal memory access; the likely cause (gradients read on the optimizer's stream
-        // without record_stream) is fixed but not yet verified on a GPU (README, Known issues).
+        // Measured on H100 80GB (1.3B bench config): two of four async runs aborted with a CUDA
+        // illegal memory access before the optimizer recorded its stream on the gradients it
+        // reads; the two runs since completed. Too few for a week-long job (README, Known issues).
         eprintln!(
-            "warning: schedule `async` on CUDA is experimental: on an H100 two of four 1.3B runs \
-             aborted with an illegal memory access (README, Known issues); use `exact` for long runs"
+            "warning: schedule `async` on CUDA is experimental: two of four 1.3B runs aborted \
+             before a stream-safety fix, two since completed (README, Known issues); use `exact` \
+             for long runs"
         );
     }
     // Joins the job (a no-op for a single process); every collective below and in the
