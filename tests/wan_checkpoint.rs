@@ -1,9 +1,12 @@
 //! Activation checkpointing of Wan blocks: same outputs and same gradients (parameters, input,
 //! cond) with and without `checkpoint_blocks`, for the bidirectional forward and the causal GRAD
-//! pass over a KV cache.
+//! pass over a KV cache; selective checkpointing (`checkpoint_keep_attention`) replays the kept
+//! self-attention instead of recomputing it, except for masked attention.
 
+use stillflow::cuda::attention::kept_attention_counts;
 use stillflow::models::wan::{
-    build_random, checkpointed_block_calls, CausalMode, KvCache, WanConfig, WanModel,
+    build_random, checkpointed_block_calls, self_attention_sdpa_calls, CausalMode, KvCache,
+    WanConfig, WanModel,
 };
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
@@ -176,4 +179,98 @@ fn checkpointing_is_skipped_without_grad_and_frozen_inputs() {
     let o = m.forward(&x, &t, &c);
     assert!(!o.requires_grad());
     assert_eq!(checkpointed_block_calls(), n0);
+}
+
+/// (plain self-attention SDPA calls, kept attention forwards, replayed ones) on this thread.
+fn attention_counts() -> [usize; 3] {
+    let (kept, replayed) = kept_attention_counts();
+    [self_attention_sdpa_calls(), kept, replayed]
+}
+
+fn counts_since(before: [usize; 3]) -> [usize; 3] {
+    let now = attention_counts();
+    [0, 1, 2].map(|i| now[i] - before[i])
+}
+
+#[test]
+fn kept_self_attention_is_replayed_not_recomputed_with_identical_gradients() {
+    let (vs, mut m) = model();
+    let (x, t, c) = inputs(3);
+    let fwd = |m: &WanModel, xg: &Tensor, cg: &Tensor| m.forward(xg, &t, cg);
+    m.checkpoint_blocks = false;
+    let n0 = attention_counts();
+    let plain = grads(&vs, |xg, cg| fwd(&m, xg, cg), &x, &c);
+    assert_eq!(counts_since(n0), [2, 0, 0], "no checkpoint: one SDPA per block");
+
+    m.checkpoint_blocks = true;
+    m.checkpoint_keep_attention = false;
+    let n0 = attention_counts();
+    let recomputed = grads(&vs, |xg, cg| fwd(&m, xg, cg), &x, &c);
+    assert_eq!(counts_since(n0), [4, 0, 0], "plain checkpointing recomputes attention");
+
+    m.checkpoint_keep_attention = true;
+    let n0 = attention_counts();
+    let b0 = checkpointed_block_calls();
+    let kept = grads(&vs, |xg, cg| fwd(&m, xg, cg), &x, &c);
+    // Both blocks' bodies ran twice, but attention ran only in the forward: the recomputation
+    // replayed the kept output (its backward ran from the recomputed q, k, v and the kept lse).
+    assert_eq!(checkpointed_block_calls(), b0 + 4);
+    assert_eq!(counts_since(n0), [0, 2, 2], "attention kept in forward, replayed in backward");
+    compare(&kept, &plain);
+    compare(&kept, &recomputed);
+}
+
+#[test]
+fn kept_self_attention_over_a_kv_cache_concat_is_replayed() {
+    let (vs, mut m) = model();
+    m.causal.num_frame_per_block = 2;
+    let (x, t, c) = inputs(4);
+    let run = |m: &WanModel, xg: &Tensor, cg: &Tensor| {
+        let mut cache = KvCache::new(2);
+        let _ = m.forward_causal(
+            &x.narrow(1, 0, 2),
+            &t.narrow(1, 0, 2),
+            cg,
+            &mut cache,
+            0,
+            CausalMode::CONTEXT,
+        );
+        m.forward_causal(
+            &xg.narrow(1, 2, 2),
+            &t.narrow(1, 2, 2),
+            cg,
+            &mut cache,
+            2,
+            CausalMode::GRAD,
+        )
+    };
+    m.checkpoint_blocks = false;
+    let plain = grads(&vs, |xg, cg| run(&m, xg, cg), &x, &c);
+    m.checkpoint_blocks = true;
+    m.checkpoint_keep_attention = true;
+    let n0 = attention_counts();
+    let kept = grads(&vs, |xg, cg| run(&m, xg, cg), &x, &c);
+    // The no-grad context pass runs plain SDPA per block (2); the GRAD pass over [past; current]
+    // keys is kept once per block and replayed in backward.
+    let [sdpa, k, r] = counts_since(n0);
+    assert_eq!((k, r), (2, 2), "kept/replayed");
+    assert_eq!(sdpa, 2, "only the context pass computes attention by SDPA");
+    compare(&kept, &plain);
+}
+
+#[test]
+fn masked_self_attention_falls_back_to_recomputation() {
+    let (vs, mut m) = model();
+    m.causal.num_frame_per_block = 1;
+    let (x, t, c) = inputs(3);
+    let fwd = |m: &WanModel, xg: &Tensor, cg: &Tensor| m.forward_full_causal(xg, &t, cg);
+    m.checkpoint_blocks = false;
+    let plain = grads(&vs, |xg, cg| fwd(&m, xg, cg), &x, &c);
+    m.checkpoint_blocks = true;
+    m.checkpoint_keep_attention = true;
+    let n0 = attention_counts();
+    let kept = grads(&vs, |xg, cg| fwd(&m, xg, cg), &x, &c);
+    // Block-causal mask: nothing kept, attention computed in forward and again in backward.
+    assert_eq!(counts_since(n0), [4, 0, 0]);
+    compare(&kept, &plain);
 }
