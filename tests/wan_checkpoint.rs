@@ -200,13 +200,21 @@ fn kept_self_attention_is_replayed_not_recomputed_with_identical_gradients() {
     m.checkpoint_blocks = false;
     let n0 = attention_counts();
     let plain = grads(&vs, |xg, cg| fwd(&m, xg, cg), &x, &c);
-    assert_eq!(counts_since(n0), [2, 0, 0], "no checkpoint: one SDPA per block");
+    assert_eq!(
+        counts_since(n0),
+        [2, 0, 0],
+        "no checkpoint: one SDPA per block"
+    );
 
     m.checkpoint_blocks = true;
     m.checkpoint_keep_attention = false;
     let n0 = attention_counts();
     let recomputed = grads(&vs, |xg, cg| fwd(&m, xg, cg), &x, &c);
-    assert_eq!(counts_since(n0), [4, 0, 0], "plain checkpointing recomputes attention");
+    assert_eq!(
+        counts_since(n0),
+        [4, 0, 0],
+        "plain checkpointing recomputes attention"
+    );
 
     m.checkpoint_keep_attention = true;
     let n0 = attention_counts();
@@ -215,7 +223,11 @@ fn kept_self_attention_is_replayed_not_recomputed_with_identical_gradients() {
     // Both blocks' bodies ran twice, but attention ran only in the forward: the recomputation
     // replayed the kept output (its backward ran from the recomputed q, k, v and the kept lse).
     assert_eq!(checkpointed_block_calls(), b0 + 4);
-    assert_eq!(counts_since(n0), [0, 2, 2], "attention kept in forward, replayed in backward");
+    assert_eq!(
+        counts_since(n0),
+        [0, 2, 2],
+        "attention kept in forward, replayed in backward"
+    );
     compare(&kept, &plain);
     compare(&kept, &recomputed);
 }
