@@ -189,6 +189,11 @@ int sf_attention_fwd_lse(const at::Tensor* q, const at::Tensor* k, const at::Ten
 
 void sf_saved_attention_free(void* saved) { delete static_cast<SavedPtr*>(saved); }
 
+// The at::SDPBackend the saved forward ran (diagnostics).
+int64_t sf_saved_attention_backend(const void* saved) {
+  return (*static_cast<const SavedPtr*>(saved))->backend;
+}
+
 // The kept output as an autograd node over q, k, v (which must be the recomputed equals of the
 // tensors the kept forward saw). `saved` stays owned by the caller. Returns 0 with `*out` set, or -1.
 int sf_attention_from_saved(const at::Tensor* q, const at::Tensor* k, const at::Tensor* v,

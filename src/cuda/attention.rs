@@ -43,6 +43,21 @@ pub struct SavedAttention(NonNull<c_void>);
 // methods only read it.
 unsafe impl Send for SavedAttention {}
 
+impl SavedAttention {
+    /// The fused kernel that produced it: `flash` (also the CPU kernel), `cudnn` or `efficient`.
+    pub fn backend(&self) -> &'static str {
+        // SAFETY: the pointer is live until drop; the shim only reads an integer.
+        let b = unsafe { ffi::sf_saved_attention_backend(self.0.as_ptr()) };
+        // at::SDPBackend: 1 flash, 2 efficient, 3 cudnn (the CPU kernel is SDPA's CPU flash).
+        match b {
+            1 => "flash",
+            2 => "efficient",
+            3 => "cudnn",
+            _ => "unknown",
+        }
+    }
+}
+
 impl Drop for SavedAttention {
     fn drop(&mut self) {
         // SAFETY: the pointer came from sf_attention_fwd_lse and is freed only here.

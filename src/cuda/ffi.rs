@@ -56,6 +56,7 @@ extern "C" {
         saved: *mut *mut c_void,
     ) -> c_int;
     pub fn sf_saved_attention_free(saved: *mut c_void);
+    pub fn sf_saved_attention_backend(saved: *const c_void) -> i64;
     pub fn sf_attention_from_saved(
         q: *const C_tensor,
         k: *const C_tensor,
