@@ -45,6 +45,20 @@ using SavedPtr = c10::intrusive_ptr<SavedAttention>;
 
 int64_t sym(const c10::SymInt& s) { return s.guard_int(__FILE__, __LINE__); }
 
+// The cuDNN and CUDA-flash forwards return the same nine fields: (output, logsumexp, cum_seq_q,
+// cum_seq_k, max_q, max_k, philox_seed | rng_state, philox_offset | unused, debug_attn_mask).
+template <class Nine>
+void keep_nine(SavedAttention& s, const Nine& r) {
+  s.out = std::get<0>(r);
+  s.lse = std::get<1>(r);
+  s.cum_q = std::get<2>(r);
+  s.cum_k = std::get<3>(r);
+  s.max_q = sym(std::get<4>(r));
+  s.max_k = sym(std::get<5>(r));
+  s.philox_seed = std::get<6>(r);
+  s.philox_offset = std::get<7>(r);
+}
+
 // The backend at::scaled_dot_product_attention would use for these inputs when they require grad
 // (some backends refuse backward-only configurations, so the choice is made as for training). The
 // detached aliases only carry metadata for the choice; no data is read or copied.
@@ -70,35 +84,18 @@ SavedPtr forward_lse(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   if (!q.device().is_cuda()) return SavedPtr();
   switch (b) {
     case at::SDPBackend::cudnn_attention: {
-      // (output, logsumexp, cum_seq_q, cum_seq_k, max_q, max_k, philox_seed, philox_offset, debug)
-      auto r = at::_scaled_dot_product_cudnn_attention(
-          q, k, v, /*attn_bias=*/std::nullopt, /*compute_log_sumexp=*/true, /*dropout_p=*/0.0,
-          /*is_causal=*/false, /*return_debug_mask=*/false, /*scale=*/std::nullopt);
-      s->out = std::get<0>(r);
-      s->lse = std::get<1>(r);
-      s->cum_q = std::get<2>(r);
-      s->cum_k = std::get<3>(r);
-      s->max_q = sym(std::get<4>(r));
-      s->max_k = sym(std::get<5>(r));
-      s->philox_seed = std::get<6>(r);
-      s->philox_offset = std::get<7>(r);
+      keep_nine(*s, at::_scaled_dot_product_cudnn_attention(
+                        q, k, v, /*attn_bias=*/std::nullopt, /*compute_log_sumexp=*/true,
+                        /*dropout_p=*/0.0, /*is_causal=*/false, /*return_debug_mask=*/false,
+                        /*scale=*/std::nullopt));
       return s;
     }
     case at::SDPBackend::flash_attention: {
       if (q.size(-1) % 8 != 0) return SavedPtr();
-      // (output, logsumexp, cum_seq_q, cum_seq_k, max_q, max_k, rng_state, unused, debug)
-      auto r = at::_scaled_dot_product_flash_attention(q, k, v, /*dropout_p=*/0.0,
-                                                       /*is_causal=*/false,
-                                                       /*return_debug_mask=*/false,
-                                                       /*scale=*/std::nullopt);
-      s->out = std::get<0>(r);
-      s->lse = std::get<1>(r);
-      s->cum_q = std::get<2>(r);
-      s->cum_k = std::get<3>(r);
-      s->max_q = sym(std::get<4>(r));
-      s->max_k = sym(std::get<5>(r));
-      s->philox_seed = std::get<6>(r);    // rng_state
-      s->philox_offset = std::get<7>(r);  // unused
+      // rng_state and unused land in philox_seed / philox_offset.
+      keep_nine(*s, at::_scaled_dot_product_flash_attention(
+                        q, k, v, /*dropout_p=*/0.0, /*is_causal=*/false,
+                        /*return_debug_mask=*/false, /*scale=*/std::nullopt));
       return s;
     }
     case at::SDPBackend::efficient_attention: {
