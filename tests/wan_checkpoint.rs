@@ -145,7 +145,10 @@ fn checkpointed_causal_grad_pass_has_identical_values_and_gradients() {
     m.checkpoint_blocks = false;
     let plain = grads(&vs, |xg, cg| run(&m, xg, cg), &x, &c);
     m.checkpoint_blocks = true;
-    assert!(m.checkpoint_keep_attention, "selective checkpointing is the default");
+    assert!(
+        m.checkpoint_keep_attention,
+        "selective checkpointing is the default"
+    );
     let n0 = checkpointed_block_calls();
     let a0 = attention_counts();
     let ck = grads(&vs, |xg, cg| run(&m, xg, cg), &x, &c);
