@@ -35,7 +35,11 @@ fn main() {
         }
     }
     let mut files = vec![];
-    for f in ["csrc/shim_cpu.cpp", "csrc/shim_dist.cpp"] {
+    for f in [
+        "csrc/shim_cpu.cpp",
+        "csrc/shim_attn.cpp",
+        "csrc/shim_dist.cpp",
+    ] {
         if Path::new(f).exists() {
             files.push(f);
         }

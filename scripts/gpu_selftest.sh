@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # GPU self-test of the CUDA shim (src/cuda, csrc/shim_cuda.cpp): streams (thread-local current stream,
 # guard), event hand-off across threads with record_stream, the caching allocator's reuse with and
-# without record_stream, event timing, memory statistics, and activation checkpointing on CUDA.
+# without record_stream, event timing, memory statistics, activation checkpointing on CUDA, and the
+# kept attention of selective checkpointing (cuda_attention: kept forward and replayed backward
+# against SDPA's).
 #
 #   scripts/gpu_selftest.sh            # build here (feature cuda, needs the CUDA header wheels), then run
 #   scripts/gpu_selftest.sh --stage D  # build, then copy the binaries and this script's helpers into D
@@ -12,7 +14,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
-TESTS="cuda_gpu cuda_checkpoint cuda_stubs"
+TESTS="cuda_gpu cuda_checkpoint cuda_stubs cuda_attention"
 
 # Builds run-pipeline and the test binaries with feature cuda; copies them into $1.
 build_into() {
@@ -43,6 +45,8 @@ run_in() {
     "$dir/run-pipeline-cuda" doctor || echo "doctor exited with $?"
     echo "== cuda_gpu tests (one thread: the memory checks assume no concurrent allocation)"
     "$dir/cuda_gpu" --test-threads=1 --nocapture
+    echo "== kept attention (selective checkpointing) against SDPA"
+    "$dir/cuda_attention" --test-threads=1 --nocapture
     echo "== CPU checkpoint and host-stream tests, cuda build"
     "$dir/cuda_checkpoint"
     "$dir/cuda_stubs"

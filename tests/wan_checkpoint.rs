@@ -1,9 +1,12 @@
 //! Activation checkpointing of Wan blocks: same outputs and same gradients (parameters, input,
 //! cond) with and without `checkpoint_blocks`, for the bidirectional forward and the causal GRAD
-//! pass over a KV cache.
+//! pass over a KV cache; selective checkpointing (`checkpoint_keep_attention`) replays the kept
+//! self-attention instead of recomputing it, except for masked attention.
 
+use stillflow::cuda::attention::kept_attention_counts;
 use stillflow::models::wan::{
-    build_random, checkpointed_block_calls, CausalMode, KvCache, WanConfig, WanModel,
+    build_random, checkpointed_block_calls, self_attention_sdpa_calls, CausalMode, KvCache,
+    WanConfig, WanModel,
 };
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
@@ -142,10 +145,18 @@ fn checkpointed_causal_grad_pass_has_identical_values_and_gradients() {
     m.checkpoint_blocks = false;
     let plain = grads(&vs, |xg, cg| run(&m, xg, cg), &x, &c);
     m.checkpoint_blocks = true;
+    assert!(
+        m.checkpoint_keep_attention,
+        "selective checkpointing is the default"
+    );
     let n0 = checkpointed_block_calls();
+    let a0 = attention_counts();
     let ck = grads(&vs, |xg, cg| run(&m, xg, cg), &x, &c);
     // The no-grad context pass is not checkpointed; the GRAD pass is (forward + recompute).
     assert_eq!(checkpointed_block_calls(), n0 + 4);
+    // The context pass computes attention by SDPA (one per block); the GRAD pass over
+    // [past; current] keys keeps it once per block and replays it in backward.
+    assert_eq!(counts_since(a0), [2, 2, 2]);
     compare(&ck, &plain);
     // Only the current block's frames receive a gradient (the past is detached).
     assert_eq!(
@@ -176,4 +187,72 @@ fn checkpointing_is_skipped_without_grad_and_frozen_inputs() {
     let o = m.forward(&x, &t, &c);
     assert!(!o.requires_grad());
     assert_eq!(checkpointed_block_calls(), n0);
+}
+
+/// (plain self-attention SDPA calls, kept attention forwards, replayed ones) on this thread.
+fn attention_counts() -> [usize; 3] {
+    let (kept, replayed) = kept_attention_counts();
+    [self_attention_sdpa_calls(), kept, replayed]
+}
+
+fn counts_since(before: [usize; 3]) -> [usize; 3] {
+    let now = attention_counts();
+    [0, 1, 2].map(|i| now[i] - before[i])
+}
+
+#[test]
+fn kept_self_attention_is_replayed_not_recomputed_with_identical_gradients() {
+    let (vs, mut m) = model();
+    let (x, t, c) = inputs(3);
+    let fwd = |m: &WanModel, xg: &Tensor, cg: &Tensor| m.forward(xg, &t, cg);
+    m.checkpoint_blocks = false;
+    let n0 = attention_counts();
+    let plain = grads(&vs, |xg, cg| fwd(&m, xg, cg), &x, &c);
+    assert_eq!(
+        counts_since(n0),
+        [2, 0, 0],
+        "no checkpoint: one SDPA per block"
+    );
+
+    m.checkpoint_blocks = true;
+    m.checkpoint_keep_attention = false;
+    let n0 = attention_counts();
+    let recomputed = grads(&vs, |xg, cg| fwd(&m, xg, cg), &x, &c);
+    assert_eq!(
+        counts_since(n0),
+        [4, 0, 0],
+        "plain checkpointing recomputes attention"
+    );
+
+    m.checkpoint_keep_attention = true;
+    let n0 = attention_counts();
+    let b0 = checkpointed_block_calls();
+    let kept = grads(&vs, |xg, cg| fwd(&m, xg, cg), &x, &c);
+    // Both blocks' bodies ran twice, but attention ran only in the forward: the recomputation
+    // replayed the kept output (its backward ran from the recomputed q, k, v and the kept lse).
+    assert_eq!(checkpointed_block_calls(), b0 + 4);
+    assert_eq!(
+        counts_since(n0),
+        [0, 2, 2],
+        "attention kept in forward, replayed in backward"
+    );
+    compare(&kept, &plain);
+    compare(&kept, &recomputed);
+}
+
+#[test]
+fn masked_self_attention_falls_back_to_recomputation() {
+    let (vs, mut m) = model();
+    m.causal.num_frame_per_block = 1;
+    let (x, t, c) = inputs(3);
+    let fwd = |m: &WanModel, xg: &Tensor, cg: &Tensor| m.forward_full_causal(xg, &t, cg);
+    m.checkpoint_blocks = false;
+    let plain = grads(&vs, |xg, cg| fwd(&m, xg, cg), &x, &c);
+    m.checkpoint_blocks = true;
+    m.checkpoint_keep_attention = true;
+    let n0 = attention_counts();
+    let kept = grads(&vs, |xg, cg| fwd(&m, xg, cg), &x, &c);
+    // Block-causal mask: nothing kept, attention computed in forward and again in backward.
+    assert_eq!(counts_since(n0), [4, 0, 0]);
+    compare(&kept, &plain);
 }

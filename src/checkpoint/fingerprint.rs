@@ -24,6 +24,8 @@ pub const VOLATILE_CONFIG_KEYS: &[&str] = &[
     "zero_stage",
     // Where the EMA shadow lives, not what it holds.
     "ema_device",
+    // What activation checkpointing keeps versus recomputes: same values and gradients.
+    "checkpoint_keep_attention",
 ];
 
 /// Canonical text: objects with sorted keys, no whitespace, serde_json's number formatting.

@@ -1,4 +1,4 @@
-//! The C ABI of csrc/shim_cpu.cpp and csrc/shim_cuda.cpp. Every `unsafe` of the module tree is either
+//! The C ABI of csrc/shim_cpu.cpp, csrc/shim_attn.cpp and csrc/shim_cuda.cpp. Every `unsafe` of the module tree is either
 //! here or at a call of these functions. Tensors cross as tch's `*mut C_tensor` (a `torch::Tensor*`).
 #![allow(dead_code)] // some entry points are used only with feature `cuda`
 
@@ -46,6 +46,23 @@ extern "C" {
         inputs: *const *mut C_tensor,
         n_inputs: i64,
         out_vec: *mut *mut c_void,
+    ) -> c_int;
+    // csrc/shim_attn.cpp
+    pub fn sf_attention_fwd_lse(
+        q: *const C_tensor,
+        k: *const C_tensor,
+        v: *const C_tensor,
+        out: *mut *mut C_tensor,
+        saved: *mut *mut c_void,
+    ) -> c_int;
+    pub fn sf_saved_attention_free(saved: *mut c_void);
+    pub fn sf_saved_attention_backend(saved: *const c_void) -> i64;
+    pub fn sf_attention_from_saved(
+        q: *const C_tensor,
+        k: *const C_tensor,
+        v: *const C_tensor,
+        saved: *const c_void,
+        out: *mut *mut C_tensor,
     ) -> c_int;
 }
 

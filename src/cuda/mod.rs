@@ -1,11 +1,13 @@
 //! CUDA extras that tch 0.24 lacks, through the C++ shim in csrc/ (see docs/CUDA.md):
 //! * streams (`CudaStream`, `StreamGuard`), events (`CudaEvent`), `record_stream`;
 //! * device properties and caching-allocator statistics (`device_description`, `memory_stats`, ...);
-//! * activation checkpointing (`checkpoint`), which works on CPU and CUDA in every build.
+//! * activation checkpointing (`checkpoint`), which works on CPU and CUDA in every build, and the
+//!   kept-attention pieces of selective checkpointing (`attention`).
 //!
 //! Without feature `cuda` the stream and event types exist with host semantics (every stream is the
 //! host stream, events complete immediately and time with the host clock), so CPU code compiles and
 //! runs unchanged.
+pub mod attention;
 pub mod checkpoint;
 mod ffi;
 pub mod fused;

@@ -9,6 +9,7 @@
 //! and rounded once to the compute kind. In f32 (CPU tests) this is the exact f32 computation.
 
 use super::rope::apply_rope_interleaved;
+use crate::cuda::attention::AttentionStash;
 use crate::cuda::checkpoint;
 use tch::{Kind, Tensor};
 
@@ -39,6 +40,14 @@ impl Lin {
 
 thread_local! {
     static CKPT_CALLS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    static SELF_SDPA_CALLS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// How many block self-attentions were computed by plain SDPA on this thread (forwards and
+/// recomputations; kept and replayed ones are counted by
+/// `crate::cuda::attention::kept_attention_counts` instead). For tests and diagnostics.
+pub fn self_attention_sdpa_calls() -> usize {
+    SELF_SDPA_CALLS.with(|c| c.get())
 }
 
 /// How many times a checkpointed block body ran on this thread (forward runs and backward
@@ -158,7 +167,8 @@ impl Block {
 
     /// x [B, N, dim] (compute kind), e0 [B, F, 6, dim] f32, RoPE tables [N, 1, d] (compute kind),
     /// cross K/V [B, heads, L, d]. Returns (x_out, k_cur, v_cur) with k/v [B, N, heads, d] as fed
-    /// to attention (post-norm, post-RoPE), for the cache.
+    /// to attention (post-norm, post-RoPE), for the cache. `stash` (checkpointed bodies with
+    /// `checkpoint_keep_attention`) keeps or replays the unmasked self-attention.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn forward(
         &self,
@@ -170,6 +180,7 @@ impl Block {
         ck: &Tensor,
         cv: &Tensor,
         keys: &SelfKeys,
+        stash: Option<&AttentionStash>,
     ) -> (Tensor, Tensor, Tensor) {
         let kind = self.modulation.kind();
         let d = hp.dim;
@@ -205,13 +216,14 @@ impl Block {
         let v = heads(&a.v.fwd(&xn));
         let (qt, kt, vt) = (q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2));
         let y = match keys {
-            SelfKeys::Full => sdpa(&qt, &kt, &vt, None),
-            SelfKeys::Mask(mask) => sdpa(&qt, &kt, &vt, Some(mask)),
-            SelfKeys::Concat(pk, pv) => sdpa(
+            SelfKeys::Full => self_attention(stash, &qt, &kt, &vt),
+            // Masked attention is never kept: a recomputation runs it again.
+            SelfKeys::Mask(mask) => self_sdpa(&qt, &kt, &vt, Some(mask)),
+            SelfKeys::Concat(pk, pv) => self_attention(
+                stash,
                 &qt,
                 &Tensor::cat(&[pk, &kt], 2),
                 &Tensor::cat(&[pv, &vt], 2),
-                None,
             ),
             SelfKeys::Buffer {
                 k: kb,
@@ -222,7 +234,7 @@ impl Block {
                 kb.narrow(1, *at, n).copy_(&k);
                 vb.narrow(1, *at, n).copy_(&v);
                 let len = at + n - from;
-                sdpa(
+                self_sdpa(
                     &qt,
                     &kb.narrow(1, *from, len).transpose(1, 2),
                     &vb.narrow(1, *from, len).transpose(1, 2),
@@ -252,10 +264,13 @@ impl Block {
     /// e0 and the cross K/V are checkpoint inputs (their gradients flow on); the past K/V and masks
     /// are detached constants, parameters are captured (gradients accumulate into `.grad`).
     /// The returned k/v are detached when checkpointed (they only feed the cache).
+    /// `keep_attention` (selective checkpointing): the forward keeps the unmasked self-attention's
+    /// output and log-sum-exp, and the recomputation reuses them instead of running attention.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn forward_maybe_ckpt(
         &self,
         ckpt: bool,
+        keep_attention: bool,
         hp: &BlockHp,
         x: &Tensor,
         e0: &Tensor,
@@ -274,14 +289,29 @@ impl Block {
                 || cv.requires_grad()
                 || self.any_requires_grad());
         if !needs {
-            return self.forward(hp, x, e0, cos, sin, ck, cv, &keys);
+            return self.forward(hp, x, e0, cos, sin, ck, cv, &keys, None);
         }
         let blk = self.share();
         let hp = *hp;
         let (cos, sin) = (cos.shallow_clone(), sin.shallow_clone());
+        // Owned by the closure, hence by this checkpoint's autograd node: freed with its graph.
+        let stash = keep_attention.then(AttentionStash::new);
         let f = move |ins: &[Tensor]| -> Vec<Tensor> {
             CKPT_CALLS.with(|c| c.set(c.get() + 1));
-            let (x, k, v) = blk.forward(&hp, &ins[0], &ins[1], &cos, &sin, &ins[2], &ins[3], &keys);
+            if let Some(s) = &stash {
+                s.begin_run();
+            }
+            let (x, k, v) = blk.forward(
+                &hp,
+                &ins[0],
+                &ins[1],
+                &cos,
+                &sin,
+                &ins[2],
+                &ins[3],
+                &keys,
+                stash.as_ref(),
+            );
             vec![x, k, v]
         };
         let outs = checkpoint(
@@ -301,6 +331,26 @@ impl Block {
         );
         (x, k.detach(), v.detach())
     }
+}
+
+/// Unmasked self-attention: kept or replayed through `stash` where it can be, else plain SDPA.
+fn self_attention(stash: Option<&AttentionStash>, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+    if let Some(s) = stash {
+        // A failing attention kernel panics like any tch op would; the checkpoint turns the panic
+        // of its closure into an error.
+        match s.attend(q, k, v) {
+            Ok(Some(y)) => return y,
+            Ok(None) => {}
+            Err(e) => panic!("{e:#}"),
+        }
+    }
+    self_sdpa(q, k, v, None)
+}
+
+/// `sdpa` for a block's self-attention (counted).
+fn self_sdpa(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Tensor {
+    SELF_SDPA_CALLS.with(|c| c.set(c.get() + 1));
+    sdpa(q, k, v, mask)
 }
 
 /// SDPA over [B, heads, N, d] tensors.

@@ -10,7 +10,7 @@ pub mod init;
 pub mod model;
 pub mod rope;
 
-pub use block::checkpointed_block_calls;
+pub use block::{checkpointed_block_calls, self_attention_sdpa_calls};
 pub use cache::{block_causal_mask, CausalMode, CausalOptions, KvCache};
 pub use config::{WanConfig, PRESETS};
 pub use init::init_random;

@@ -64,6 +64,11 @@ pub struct WanModel {
     /// `crate::cuda::checkpoint` (its activations are recomputed in backward). Same values and
     /// gradients; parameter gradients reach `.grad` only through a plain `backward()`.
     pub checkpoint_blocks: bool,
+    /// Selective checkpointing (config key `checkpoint_keep_attention`): a checkpointed block keeps
+    /// its unmasked self-attention's output and log-sum-exp from the forward, and its
+    /// recomputation reuses them instead of running attention again (bf16 out + f32 lse per block
+    /// held until backward). Same values and gradients.
+    pub checkpoint_keep_attention: bool,
     pub(crate) patch_w: Tensor,
     pub(crate) patch_b: Tensor,
     pub(crate) text0: Lin,
@@ -128,6 +133,7 @@ impl WanModel {
             cfg,
             causal: CausalOptions::default(),
             checkpoint_blocks: false,
+            checkpoint_keep_attention: true,
             rope: Mutex::new(HashMap::new()),
         })
     }
@@ -297,6 +303,7 @@ impl WanModel {
             };
             let (y, k, v) = blk.forward_maybe_ckpt(
                 self.checkpoint_blocks,
+                self.checkpoint_keep_attention,
                 &hp,
                 &x,
                 &emb.e0,
