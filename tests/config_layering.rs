@@ -505,3 +505,32 @@ fn ema_device_is_validated() {
         "{e}"
     );
 }
+
+#[test]
+fn checkpoint_keep_attention_takes_roles() {
+    let load = |v: &str| {
+        stillflow::config::load(&stillflow::config::LoadOptions {
+            configs: vec!["toy_dmd".into()],
+            sets: vec![format!("checkpoint_keep_attention={v}")],
+            env: vec![],
+            default_when_empty: false,
+        })
+    };
+    let roles = |v: &str| {
+        let c = load(v).unwrap_or_else(|e| panic!("{v}: {e}")).config;
+        ["generator", "fake", "critic", "real", "teacher"]
+            .iter()
+            .map(|r| c.keeps_attention(r))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(roles("all"), [true; 5]);
+    assert_eq!(roles("true"), [true; 5]);
+    assert_eq!(roles("none"), [false; 5]);
+    assert_eq!(roles("false"), [false; 5]);
+    assert_eq!(roles("fake"), [false, true, true, false, false]);
+    assert_eq!(roles("generator, critic"), [true, true, true, false, false]);
+    let e = format!("{:#}", load("fake,gen").err().expect("bad role refused"));
+    assert!(e.contains("checkpoint_keep_attention") && e.contains("gen"), "{e}");
+    let default = stillflow::config::RunConfig::default();
+    assert!(default.keeps_attention("fake") && !default.keeps_attention("generator"));
+}

@@ -237,7 +237,7 @@ pub fn build(
             crate::models::wan::init::init_random(&m, &key);
         }
         m.checkpoint_blocks = cfg.gradient_checkpointing;
-        m.checkpoint_keep_attention = cfg.checkpoint_keep_attention;
+        m.checkpoint_keep_attention = cfg.keeps_attention(role);
         if random_init && !wc_is_tiny(name) {
             eprintln!("RANDOM WEIGHTS: `{role}` is the preset `{name}` with Wan's random initialisation (no weights loaded)");
         }
@@ -248,7 +248,7 @@ pub fn build(
         vs = loaded_vs;
         let mut m = m;
         m.checkpoint_blocks = cfg.gradient_checkpointing;
-        m.checkpoint_keep_attention = cfg.checkpoint_keep_attention;
+        m.checkpoint_keep_attention = cfg.keeps_attention(role);
         m.causal = CausalOptions {
             num_frame_per_block: cfg.num_frame_per_block,
             local_attn_size: cfg.local_attn_size,

@@ -377,6 +377,42 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
 
 impl RunConfig {
     /// Semantic checks that serde cannot express; errors name the key.
+    /// The model roles (`generator`, `fake`, `real`) of `checkpoint_keep_attention`.
+    pub fn keep_attention_roles(&self) -> Result<Vec<&'static str>, String> {
+        const ROLES: [&str; 3] = ["generator", "fake", "real"];
+        match self.checkpoint_keep_attention.trim() {
+            "all" | "true" => return Ok(ROLES.to_vec()),
+            "none" | "false" | "" => return Ok(vec![]),
+            _ => {}
+        }
+        let mut out = vec![];
+        for r in self.checkpoint_keep_attention.split(',').map(str::trim) {
+            let role = match r {
+                "critic" => "fake",
+                "teacher" => "real",
+                r => ROLES.iter().copied().find(|x| *x == r).ok_or_else(|| {
+                    format!(
+                        "`{r}`: expected all, none, or a comma-separated list of generator, fake, real"
+                    )
+                })?,
+            };
+            out.push(role);
+        }
+        Ok(out)
+    }
+
+    /// Does the model in `role` (zoo roles: generator, fake/critic, real/teacher) keep attention?
+    pub fn keeps_attention(&self, role: &str) -> bool {
+        let role = match role {
+            "critic" => "fake",
+            "teacher" => "real",
+            r => r,
+        };
+        self.keep_attention_roles()
+            .map(|v| v.contains(&role))
+            .unwrap_or(false)
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, err: String| {
             Err(ConfigError::BadValue {
@@ -460,6 +496,9 @@ impl RunConfig {
                     self.zero_stage
                 ),
             );
+        }
+        if let Err(e) = self.keep_attention_roles() {
+            return bad("checkpoint_keep_attention", e);
         }
         if !(self.regression_weight >= 0.0 && self.regression_weight.is_finite()) {
             return bad("regression_weight", "must be a finite number >= 0".into());

@@ -122,12 +122,14 @@ pub struct RunConfig {
     /// Number of steps (critic updates) to train; 0 = until stopped.
     pub max_steps: u64,
     pub gradient_accumulation_steps: u64,
-    /// With `gradient_checkpointing`, keep each checkpointed block's unmasked
+    /// With `gradient_checkpointing`, which models keep each checkpointed block's unmasked
     /// self-attention output and log-sum-exp from the forward so that backward does not run
-    /// attention again (selective checkpointing; docs/WAN.md). Same values and gradients; costs
-    /// B·N·dim compute-kind elements + B·heads·N f32 per block until backward (~100 MB per 1.3B
-    /// block at 32,760 tokens, ~3 GB per checkpointed 1.3B backward).
-    pub checkpoint_keep_attention: bool,
+    /// attention again (selective checkpointing; docs/WAN.md): `all`, `none`, or a comma-separated
+    /// list of `generator`, `fake`, `real` (`true`/`false` = all/none). Same values and gradients;
+    /// costs B·N·dim compute-kind elements + B·heads·N f32 per block until backward (~100 MB per
+    /// 1.3B block at 32,760 tokens, ~3 GB per checkpointed 1.3B backward).
+    #[serde(deserialize_with = "bool_or_string")]
+    pub checkpoint_keep_attention: String,
     pub keep_checkpoints: usize,
     /// Write checkpoints at all (benchmarks turn this off: a 1.3B run's state is tens of GB).
     pub save_checkpoints: bool,
@@ -257,7 +259,7 @@ impl Default for RunConfig {
             dfake_gen_update_ratio: 5,
             image_or_video_shape: vec![1, 21, 16, 60, 104],
             gradient_checkpointing: true,
-            checkpoint_keep_attention: true,
+            checkpoint_keep_attention: "fake".into(),
             num_frame_per_block: 3,
             independent_first_frame: false,
             same_step_across_blocks: true,
@@ -289,4 +291,19 @@ impl Default for RunConfig {
             progress: true,
         }
     }
+}
+
+/// A string key that also takes a YAML boolean (kept as "true"/"false"), for keys that began as
+/// booleans (`checkpoint_keep_attention`).
+fn bool_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum B {
+        Bool(bool),
+        Str(String),
+    }
+    Ok(match B::deserialize(d)? {
+        B::Bool(b) => b.to_string(),
+        B::Str(s) => s,
+    })
 }
