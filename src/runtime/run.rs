@@ -201,10 +201,10 @@ pub fn train(cfg: RunConfig, opts: &RunOptions) -> Result<RunReport> {
     if matches!(mode, Mode::Async { .. }) && device.is_cuda() && !opts.quiet {
         // Measured on H100 80GB (1.3B bench config): two of four async runs aborted with a CUDA
         // illegal memory access before the optimizer recorded its stream on the gradients it
-        // reads; the two runs since completed. Too few for a week-long job (README, Known issues).
+        // reads; the four runs since completed. Too few for a week-long job (README, Known issues).
         eprintln!(
             "warning: schedule `async` on CUDA is experimental: two of four 1.3B runs aborted \
-             before a stream-safety fix, two since completed (README, Known issues); use `exact` \
+             before a stream-safety fix, four since completed (README, Known issues); use `exact` \
              for long runs"
         );
     }
