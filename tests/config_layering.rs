@@ -529,8 +529,14 @@ fn checkpoint_keep_attention_takes_roles() {
     assert_eq!(roles("false"), [false; 5]);
     assert_eq!(roles("fake"), [false, true, true, false, false]);
     assert_eq!(roles("generator, critic"), [true, true, true, false, false]);
-    let e = format!("{:#}", load("fake,gen").err().expect("bad role refused"));
-    assert!(e.contains("checkpoint_keep_attention") && e.contains("gen"), "{e}");
+    let Err(e) = load("fake,gen") else {
+        panic!("bad role accepted")
+    };
+    let e = format!("{e:#}");
+    assert!(
+        e.contains("checkpoint_keep_attention") && e.contains("gen"),
+        "{e}"
+    );
     let default = stillflow::config::RunConfig::default();
     assert!(default.keeps_attention("fake") && !default.keeps_attention("generator"));
 }

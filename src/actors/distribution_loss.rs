@@ -71,7 +71,8 @@ impl Actor for DistributionLoss {
                 let reg_value = reg.double_value(&[]);
                 logged.push(("regression_loss".into(), reg_value));
                 if self.regression_weight > 0.0 {
-                    loss = loss + reg * self.regression_weight;
+                    // Out of place: `+=` would be an in-place add on a tensor with a graph.
+                    loss = loss.g_add(&(reg * self.regression_weight));
                 }
             }
             None if self.regression_weight > 0.0 => bail!(
