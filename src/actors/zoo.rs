@@ -201,6 +201,18 @@ pub fn wan_config(name: &str, cfg: &RunConfig) -> Option<WanConfig> {
 /// `kind`: the parameters' kind (optimizers keep f32 masters; readers use [`compute_kind`]).
 /// `random_init: false` skips the (host-side, keyed) random initialisation for readers whose
 /// weights arrive over a weights edge before first use: a 1.3B model takes seconds to draw.
+/// The run's options for a Wan model in `role`, whether built from a preset or loaded: causal
+/// attention window, block checkpointing and which models keep attention for backward.
+fn apply_run_options(m: &mut WanModel, cfg: &RunConfig, role: &str) {
+    m.causal = CausalOptions {
+        num_frame_per_block: cfg.num_frame_per_block,
+        local_attn_size: cfg.local_attn_size,
+        sink_size: cfg.sink_size,
+    };
+    m.checkpoint_blocks = cfg.gradient_checkpointing;
+    m.checkpoint_keep_attention = cfg.keeps_attention(role);
+}
+
 pub fn build(
     name: &str,
     role: &str,
@@ -228,16 +240,10 @@ pub fn build(
     } else if let Some(wc) = wan_config(name, cfg) {
         let mut m = WanModel::new(&vs.root(), wc)
             .with_context(|| format!("building Wan model `{name}`"))?;
-        m.causal = CausalOptions {
-            num_frame_per_block: cfg.num_frame_per_block,
-            local_attn_size: cfg.local_attn_size,
-            sink_size: cfg.sink_size,
-        };
+        apply_run_options(&mut m, cfg, role);
         if random_init {
             crate::models::wan::init::init_random(&m, &key);
         }
-        m.checkpoint_blocks = cfg.gradient_checkpointing;
-        m.checkpoint_keep_attention = cfg.keeps_attention(role);
         if random_init && !wc_is_tiny(name) {
             eprintln!("RANDOM WEIGHTS: `{role}` is the preset `{name}` with Wan's random initialisation (no weights loaded)");
         }
@@ -247,13 +253,7 @@ pub fn build(
             .with_context(|| format!("loading `{role}` weights from `{name}`"))?;
         vs = loaded_vs;
         let mut m = m;
-        m.checkpoint_blocks = cfg.gradient_checkpointing;
-        m.checkpoint_keep_attention = cfg.keeps_attention(role);
-        m.causal = CausalOptions {
-            num_frame_per_block: cfg.num_frame_per_block,
-            local_attn_size: cfg.local_attn_size,
-            sink_size: cfg.sink_size,
-        };
+        apply_run_options(&mut m, cfg, role);
         Net::Wan(m)
     } else {
         bail!(

@@ -375,6 +375,15 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
     load_layers(&layers)
 }
 
+/// The model role a synonym names (`critic` is the fake score, `teacher` the real one).
+fn canonical_role(role: &str) -> &str {
+    match role {
+        "critic" => "fake",
+        "teacher" => "real",
+        r => r,
+    }
+}
+
 impl RunConfig {
     /// Semantic checks that serde cannot express; errors name the key.
     /// The model roles (`generator`, `fake`, `real`) of `checkpoint_keep_attention`.
@@ -387,15 +396,12 @@ impl RunConfig {
         }
         let mut out = vec![];
         for r in self.checkpoint_keep_attention.split(',').map(str::trim) {
-            let role = match r {
-                "critic" => "fake",
-                "teacher" => "real",
-                r => ROLES.iter().copied().find(|x| *x == r).ok_or_else(|| {
-                    format!(
-                        "`{r}`: expected all, none, or a comma-separated list of generator, fake, real"
-                    )
-                })?,
-            };
+            let role = canonical_role(r);
+            let role = ROLES.iter().copied().find(|x| *x == role).ok_or_else(|| {
+                format!(
+                    "`{r}`: expected all, none, or a comma-separated list of generator, fake, real"
+                )
+            })?;
             out.push(role);
         }
         Ok(out)
@@ -403,11 +409,7 @@ impl RunConfig {
 
     /// Does the model in `role` (zoo roles: generator, fake/critic, real/teacher) keep attention?
     pub fn keeps_attention(&self, role: &str) -> bool {
-        let role = match role {
-            "critic" => "fake",
-            "teacher" => "real",
-            r => r,
-        };
+        let role = canonical_role(role);
         self.keep_attention_roles()
             .map(|v| v.contains(&role))
             .unwrap_or(false)
