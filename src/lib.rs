@@ -20,3 +20,4 @@ pub mod report;
 pub mod rng;
 pub mod runtime;
 pub mod sample;
+pub mod video;
