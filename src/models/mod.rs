@@ -15,5 +15,6 @@ pub trait Denoiser {
 pub mod gmm;
 pub mod mlp;
 pub mod toy_text;
+pub mod umt5;
 pub mod wan;
 pub mod weights;
