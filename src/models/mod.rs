@@ -15,6 +15,7 @@ pub trait Denoiser {
 pub mod gmm;
 pub mod mlp;
 pub mod toy_text;
+pub mod umt5;
 pub mod vae;
 pub mod wan;
 pub mod weights;
