@@ -6,7 +6,7 @@ VENV ?= $(CURDIR)/.venv
 TORCH_VERSION := 2.11.0
 # PyAV (bundles FFmpeg): the independent decoder tests/video_mp4.rs checks our MP4s with.
 AV_VERSION := 18.1.0
-TORCH_STAMP := $(VENV)/.torch-$(TORCH_VERSION)
+TORCH_STAMP := $(VENV)/.torch-$(TORCH_VERSION)-av$(AV_VERSION)
 CUDA_HDR_STAMP := $(VENV)/.cuda-headers
 ENV := . scripts/dev-env.sh &&
 CARGO ?= cargo

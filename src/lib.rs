@@ -20,4 +20,5 @@ pub mod report;
 pub mod rng;
 pub mod runtime;
 pub mod sample;
+pub mod text;
 pub mod video;

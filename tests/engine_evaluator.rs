@@ -42,7 +42,9 @@ fn evaluator_runs_the_full_step_list_like_sample() {
     .expect("JSON");
     let seed = resolved["seed"].as_u64().expect("seed");
     let report = sample(&SampleOptions {
-        checkpoint: logdir.clone(),
+        checkpoint: Some(logdir.clone()),
+        prompts: None,
+        video: true,
         use_ema: false,
         num_samples: eval_samples,
         seed,

@@ -292,14 +292,24 @@ fn clear_load_errors() {
         e.contains("mis-shaped: decoder.head.2.weight: expected [3, 8, 3, 3, 3], found [3, 4, 3, 3, 3] (diffusers: decoder.conv_out.weight)"),
         "{e}"
     );
-    // The tiny Wan file read as Wan2.1's default architecture: every key mis-shaped, file named.
-    let e = err_text(WanVae::load(
+    // A Wan file of another width loads with that width (read off encoder.conv1), the rest
+    // of Wan2.1's layout checked by name and shape.
+    let v = WanVae::load(
         &write_wan_file(dir.path(), "wan_tiny.safetensors"),
+        Device::Cpu,
+        Kind::Float,
+    )
+    .unwrap();
+    assert_eq!(v.cfg.base_dim, tiny_cfg().base_dim);
+    // Read as Wan2.1's full width, every key is mis-shaped and the file is named.
+    let e = err_text(WanVae::load_wan_safetensors(
+        &write_wan_file(dir.path(), "wan_tiny2.safetensors"),
+        VaeConfig::wan21(),
         Device::Cpu,
         Kind::Float,
     ));
     assert!(
-        e.contains("wan_tiny.safetensors") && e.contains("mis-shaped: encoder.conv1.weight"),
+        e.contains("wan_tiny2.safetensors") && e.contains("mis-shaped: encoder.conv1.weight"),
         "{e}"
     );
     // A Wan file with one key missing and one extra.

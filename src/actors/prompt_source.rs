@@ -31,12 +31,45 @@ impl PromptSource {
     pub fn new(ctx: &Ctx) -> Result<Self> {
         let cfg = &ctx.cfg;
         let batch = cfg.batch_size;
-        let file = ctx
-            .param_str("path")
-            .or_else(|| cfg.data_path.clone())
-            .filter(|p| p.ends_with(".safetensors"));
+        let file = match ctx.param_str("path").or_else(|| cfg.data_path.clone()) {
+            None => {
+                // No prompts named: the toy prompt set, but only for models that are toys or
+                // random weights by name; real weights never train on toy prompts silently.
+                let gen = cfg.generator_name.to_ascii_lowercase();
+                let toyish = crate::models::resolve::TOY_NAMES.contains(&gen.as_str())
+                    || gen.starts_with(crate::models::resolve::RANDOM_PREFIX)
+                    || cfg.allow_random_weights;
+                if !toyish {
+                    bail!(
+                        "config key `data_path` is not set: name the prompts (a .txt list with \
+                         `text_encoder_path`, or a .safetensors from `run-pipeline encode-prompts`); \
+                         the toy prompt set is only used with toy or random-weight generators"
+                    );
+                }
+                None
+            }
+            Some(p) if p.ends_with(".safetensors") => Some(p),
+            Some(p) if p.ends_with(".txt") => {
+                // The driver encoded the list before the actors started (text::ensure_run_embeddings).
+                let enc = crate::text::run_embeddings_path(std::path::Path::new(&cfg.logdir));
+                if !enc.is_file() {
+                    bail!(
+                        "config key `data_path`: the embeddings of {p} are not at {} (the training \
+                         driver encodes a .txt list before the actors start; with `text_encoder_path` \
+                         set, run through `run-pipeline`)",
+                        enc.display()
+                    );
+                }
+                Some(enc.display().to_string())
+            }
+            Some(p) => bail!(
+                "config key `data_path`: {p} is neither a .txt prompt list nor a .safetensors file \
+                 of prompt embeddings"
+            ),
+        };
         let src = match file {
             Some(path) => {
+                crate::text::check_sidecar(std::path::Path::new(&path), &cfg.negative_prompt)?;
                 let named = Tensor::read_safetensors(&path)
                     .with_context(|| format!("{path}: cannot read prompt embeddings"))?;
                 let get = |k: &str| {

@@ -88,6 +88,19 @@ impl Rollout {
         work: &Work,
         cond: &Tensor,
     ) -> Result<(Tensor, usize, Tensor)> {
+        self.generate_with(ctx, work, cond, &mut |_, _| Ok(()))
+    }
+
+    /// [`Rollout::generate`], handing each block's final x0 [B, nfpb, C, H, W] to `on_block`
+    /// (block index, latents) as soon as it exists, before the next block starts: `sample`
+    /// decodes and encodes video while the generator is still running (streaming).
+    pub fn generate_with(
+        &self,
+        ctx: &Ctx,
+        work: &Work,
+        cond: &Tensor,
+        on_block: &mut dyn FnMut(usize, &Tensor) -> Result<()>,
+    ) -> Result<(Tensor, usize, Tensor)> {
         let cfg = &ctx.cfg;
         let wan = self.model.wan().context("rollout needs a Wan generator")?;
         let kind = wan.kind();
@@ -159,6 +172,7 @@ impl Rollout {
                 x = add_noise(&self.table, &pred, &eps, &t_next);
             }
             let x0 = x0.context("rollout: exit step beyond the step list")?;
+            on_block(blk as usize, &x0)?;
             // Context pass: clean K/V of this block at `context_noise` (σ of the grid, ≈0.5 % noise at t = 0).
             {
                 let _g = tch::no_grad_guard();

@@ -4,6 +4,7 @@
 use crate::config::RunConfig;
 use crate::models::gmm::Gmm;
 use crate::models::mlp::{Mlp, MlpConfig};
+use crate::models::resolve::{self, Source};
 use crate::models::wan::{CausalOptions, WanConfig, WanModel};
 use crate::models::Denoiser;
 use crate::rng::{Lane, Purpose, RngKey};
@@ -177,7 +178,9 @@ fn name_hash(s: &str) -> u64 {
     })
 }
 
-/// The Wan architecture a model name stands for (`wan-tiny` comes from the `toy` section).
+/// The Wan architecture a model name stands for (`wan-tiny` comes from the `toy` section; a
+/// folder from its config.json; `random:<preset>` and presets from the preset table). For sizes
+/// and FLOPs only: building goes through [`crate::models::resolve`].
 pub fn wan_config(name: &str, cfg: &RunConfig) -> Option<WanConfig> {
     let lower = name.to_lowercase();
     if lower == "wan-tiny" {
@@ -191,6 +194,20 @@ pub fn wan_config(name: &str, cfg: &RunConfig) -> Option<WanConfig> {
             c,
             t.text_dim,
         ));
+    }
+    if let Some(p) = lower.strip_prefix(resolve::RANDOM_PREFIX) {
+        return WanConfig::preset(p);
+    }
+    for dir in resolve::candidates(name, cfg) {
+        if dir.is_dir() {
+            let wd = resolve::wan_dir(&dir).ok()?;
+            let file = wd.dir.join("config.json");
+            return if wd.diffusers {
+                crate::models::wan::diffusers::config_from_json_file(&file).ok()
+            } else {
+                WanConfig::from_json_file(&file).ok()
+            };
+        }
     }
     WanConfig::preset(&lower)
 }
@@ -227,38 +244,43 @@ pub fn build(
     // need 56 GB on the device before its conversion to bf16 (28 GB).
     vs.set_kind(kind);
     let key = RngKey::new(seed, 0, Lane::Other, Purpose::Init).sub(name_hash(role));
-    let lower = name.to_lowercase();
-    let net = if lower == "gmm" {
-        Net::Gmm(toy_gmm(cfg)?)
-    } else if lower == "mlp" {
-        let s = latent_shape(cfg);
-        let mc = MlpConfig {
-            shape: [s[1], s[2], s[3], s[4]],
-            ..MlpConfig::toy2d(cfg.toy.text_dim)
-        };
-        Net::Mlp(Mlp::new(&vs.root(), mc, key.digest()))
-    } else if let Some(wc) = wan_config(name, cfg) {
-        let mut m = WanModel::new(&vs.root(), wc)
-            .with_context(|| format!("building Wan model `{name}`"))?;
-        apply_run_options(&mut m, cfg, role);
-        if random_init {
-            crate::models::wan::init::init_random(&m, &key);
+    let key_name = config_key_for(role);
+    let from_ckpt = role == "generator" && cfg.generator_ckpt.is_some();
+    let net = match resolve::resolve(name, key_name, cfg, from_ckpt)? {
+        Source::Toy(t) if t == "gmm" => Net::Gmm(toy_gmm(cfg)?),
+        Source::Toy(t) if t == "mlp" => {
+            let s = latent_shape(cfg);
+            let mc = MlpConfig {
+                shape: [s[1], s[2], s[3], s[4]],
+                ..MlpConfig::toy2d(cfg.toy.text_dim)
+            };
+            Net::Mlp(Mlp::new(&vs.root(), mc, key.digest()))
         }
-        if random_init && !wc_is_tiny(name) {
-            eprintln!("RANDOM WEIGHTS: `{role}` is the preset `{name}` with Wan's random initialisation (no weights loaded)");
+        Source::Toy(_) | Source::Random { .. } | Source::Architecture { .. } => {
+            let Some(wc) = wan_config(name, cfg) else {
+                bail!("config key `{key_name}`: no Wan architecture for `{name}`");
+            };
+            let mut m = WanModel::new(&vs.root(), wc)
+                .with_context(|| format!("building Wan model `{name}`"))?;
+            apply_run_options(&mut m, cfg, role);
+            if random_init {
+                crate::models::wan::init::init_random(&m, &key);
+            }
+            if random_init && !wc_is_tiny(name) && !from_ckpt {
+                eprintln!("RANDOM WEIGHTS: `{role}` is `{name}` with Wan's random initialisation (no weights loaded)");
+            }
+            Net::Wan(m)
         }
-        Net::Wan(m)
-    } else if std::path::Path::new(name).is_dir() {
-        let (loaded_vs, m) = crate::models::wan::load_or_build(name, device, kind)
-            .with_context(|| format!("loading `{role}` weights from `{name}`"))?;
-        vs = loaded_vs;
-        let mut m = m;
-        apply_run_options(&mut m, cfg, role);
-        Net::Wan(m)
-    } else {
-        bail!(
-            "model `{name}` (for `{role}`): not a preset (wan2.1-t2v-1.3b, wan2.1-t2v-14b, wan-tiny, gmm, mlp) and not a folder"
-        );
+        Source::Folder(wd) => {
+            let (loaded_vs, m) = crate::models::wan::load_from_dir(&wd.dir, device, kind)
+                .with_context(|| {
+                    format!("loading `{role}` weights from `{name}` (config key `{key_name}`)")
+                })?;
+            vs = loaded_vs;
+            let mut m = m;
+            apply_run_options(&mut m, cfg, role);
+            Net::Wan(m)
+        }
     };
     if kind != Kind::Float {
         vs.set_kind(kind);
@@ -272,6 +294,16 @@ pub fn build(
 
 fn wc_is_tiny(name: &str) -> bool {
     name.eq_ignore_ascii_case("wan-tiny")
+}
+
+/// The config key that names a role's model.
+pub fn config_key_for(role: &str) -> &'static str {
+    match role {
+        "generator" => "generator_name",
+        "fake" | "critic" => "fake_name",
+        "real" | "teacher" => "real_name",
+        _ => "model",
+    }
 }
 
 /// Model name for a role from the config.

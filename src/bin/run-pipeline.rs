@@ -79,9 +79,24 @@ enum Cmd {
     /// Generate samples from a checkpoint (few-step, block-causal, KV cache): latents, PNG grid
     /// and GIF (toy / pixel-space latents), quality report (exact GMM teacher).
     Sample {
-        /// A checkpoint folder (LOGDIR/checkpoints/step_NNNNNN) or a logdir (its newest checkpoint).
+        /// A checkpoint folder (LOGDIR/checkpoints/step_NNNNNN) or a logdir (its newest
+        /// checkpoint). Without it, the generator of --config (generator_ckpt, else
+        /// generator_name: a model folder or random:<preset>).
         #[arg(long, value_name = "DIR")]
-        checkpoint: String,
+        checkpoint: Option<String>,
+        /// Prompt list (.txt, one per line), encoded with the config's text_encoder_path.
+        #[arg(long, value_name = "FILE")]
+        prompts: Option<String>,
+        /// Do not decode to MP4/GIF even when vae_path is set (latents only).
+        #[arg(long)]
+        no_video: bool,
+        /// Measure inference speed (latency to the first frames, fps; with and without the VAE
+        /// decode) instead of writing samples.
+        #[arg(long)]
+        benchmark: bool,
+        /// Timed runs per mode with --benchmark (after 2 warm-up runs).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
         /// Use the EMA weights instead of the generator's.
         #[arg(long)]
         use_ema: bool,
@@ -100,6 +115,22 @@ enum Cmd {
         /// Samples per generator call (default: the config's batch_size).
         #[arg(long)]
         batch_size: Option<usize>,
+    },
+    /// Encode a prompt list with the umT5 text encoder into the embeddings file `data_path`
+    /// takes (cond, uncond = the negative prompt, lens); resumable (a cache beside --out).
+    EncodePrompts {
+        /// Prompt list, one prompt per line.
+        #[arg(long, value_name = "FILE.txt")]
+        prompts: String,
+        /// The text encoder: a Wan2.1 folder or a diffusers folder (default: text_encoder_path).
+        #[arg(long, value_name = "DIR")]
+        text_encoder: Option<String>,
+        /// Output file (.safetensors).
+        #[arg(long, value_name = "FILE")]
+        out: String,
+        /// Prompts per encoder call.
+        #[arg(long, default_value_t = 16)]
+        batch_size: usize,
     },
     /// Throughput run: train under serial, exact and async, write profiles, print the comparison.
     Profile {
@@ -211,7 +242,62 @@ fn serve(common: &Common) -> Result<Option<stillflow::profile::PrometheusServer>
 
 /// `sample`: the override layers are --config files, STILLFLOW__* variables, --set and --device,
 /// applied over the checkpoint's own config.
-fn sample(common: &Common, mut opts: stillflow::sample::SampleOptions) -> Result<(), String> {
+/// `encode-prompts`: the config supplies the negative prompt, the device and (unless
+/// --text-encoder) `text_encoder_path`.
+fn encode_prompts(
+    common: &Common,
+    prompts: String,
+    text_encoder: Option<String>,
+    out: String,
+    batch_size: usize,
+) -> Result<(), String> {
+    let cfg = common.load()?.config;
+    let te = text_encoder
+        .or(cfg.text_encoder_path.clone())
+        .ok_or("encode-prompts: pass --text-encoder DIR (or set text_encoder_path)")?;
+    let device = if common.device.is_some() {
+        stillflow::runtime::parse_device(&cfg.device).map_err(|e| format!("--device: {e:#}"))?
+    } else {
+        tch::Device::cuda_if_available()
+    };
+    let kind = if device.is_cuda() {
+        tch::Kind::BFloat16
+    } else {
+        tch::Kind::Float
+    };
+    let r = stillflow::text::encode_prompts(&stillflow::text::EncodeOptions {
+        prompts: prompts.clone().into(),
+        text_encoder: te.clone().into(),
+        out: out.into(),
+        negative_prompt: cfg.negative_prompt.clone(),
+        batch_size,
+        device,
+        kind,
+        progress: cfg.progress,
+    })
+    .map_err(|e| format!("encode-prompts: {e:#}"))?;
+    say!(
+        "{}: {} prompts ({} unique with the negative prompt; {} encoded now, {}) on {device:?} → {} cond {:?}",
+        prompts,
+        r.prompts,
+        r.unique,
+        r.encoded,
+        if r.up_to_date { "file up to date" } else { "rest from the cache" },
+        r.out.display(),
+        r.shape
+    );
+    if r.blank_lines > 0 {
+        say!("  skipped {} blank line(s)", r.blank_lines);
+    }
+    say!("  use it with: --set data_path={}", r.out.display());
+    Ok(())
+}
+
+fn sample(
+    common: &Common,
+    benchmark: Option<usize>,
+    mut opts: stillflow::sample::SampleOptions,
+) -> Result<(), String> {
     for (flag, given) in [
         ("--resume", common.resume),
         ("--steps", common.steps.is_some()),
@@ -236,6 +322,12 @@ fn sample(common: &Common, mut opts: stillflow::sample::SampleOptions) -> Result
         layers.push(config::set_layer(s).map_err(|e| e.to_string())?);
     }
     opts.overrides = layers;
+    if let Some(runs) = benchmark {
+        let r = stillflow::sample::bench::benchmark(&opts, 2, runs.max(1))
+            .map_err(|e| format!("sample --benchmark: {e:#}"))?;
+        say!("{}", stillflow::sample::bench::table(&r).trim_end());
+        return Ok(());
+    }
     let r = stillflow::sample::sample(&opts).map_err(|e| format!("sample: {e:#}"))?;
     say!(
         "sampled {} x {:?} from {} (step {}, {} weights, seed {})",
@@ -246,6 +338,9 @@ fn sample(common: &Common, mut opts: stillflow::sample::SampleOptions) -> Result
         r.weights,
         opts.seed
     );
+    if let Some(t) = r.first_frames_s {
+        say!("  first decoded frames after {t:.2} s (streaming decode)");
+    }
     if let Some(q) = &r.quality {
         say!("{}", stillflow::sample::quality_table(q).trim_end());
     }
@@ -284,8 +379,18 @@ fn run(cli: Cli) -> Result<(), String> {
             );
             Ok(())
         }
+        Cmd::EncodePrompts {
+            prompts,
+            text_encoder,
+            out,
+            batch_size,
+        } => encode_prompts(&cli.common, prompts, text_encoder, out, batch_size),
         Cmd::Sample {
             checkpoint,
+            prompts,
+            no_video,
+            benchmark,
+            runs,
             use_ema,
             num_samples,
             seed,
@@ -294,8 +399,11 @@ fn run(cli: Cli) -> Result<(), String> {
             batch_size,
         } => sample(
             &cli.common,
+            benchmark.then_some(runs),
             stillflow::sample::SampleOptions {
-                checkpoint: checkpoint.into(),
+                checkpoint: checkpoint.map(Into::into),
+                prompts: prompts.map(Into::into),
+                video: !no_video,
                 use_ema,
                 num_samples,
                 seed,

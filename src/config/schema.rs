@@ -151,8 +151,24 @@ pub struct RunConfig {
     /// order; checkpoints are the same either way, so a run may resume with the other stage or
     /// another number of processes.
     pub zero_stage: u64,
-    /// Generator architecture preset (`wan-tiny`, `wan2.1-t2v-1.3b`, …).
+    /// The generator's base model: a folder of real weights, a name under `model_root`, a toy
+    /// (`wan-tiny`), or `random:<preset>`; with `generator_ckpt` a preset name only gives the
+    /// architecture (docs/MODELS.md).
     pub generator_name: String,
+    /// Where bare model names are looked up (Self-Forcing's `wan_models/`): `real_name:
+    /// Wan2.1-T2V-14B` is the folder `<model_root>/Wan2.1-T2V-14B`.
+    pub model_root: String,
+    /// Let a preset name that is not a folder build RANDOM weights (benchmarks); off by default,
+    /// so a missing download is an error, never a silent random model. `random:<preset>` asks for
+    /// random weights for one model.
+    pub allow_random_weights: bool,
+    /// The umT5 text encoder: a Wan release folder (models_t5_umt5-xxl-enc-bf16.safetensors +
+    /// google/umt5-xxl/tokenizer.json) or a diffusers folder (text_encoder/ + tokenizer/).
+    /// Needed when `data_path` is a `.txt` prompt list.
+    pub text_encoder_path: Option<String>,
+    /// The Wan VAE (Wan2.1_VAE.safetensors, a Wan release folder or a diffusers vae/ folder), for
+    /// decoding samples to video.
+    pub vae_path: Option<String>,
     /// The exact-teacher toy problem (used when a model name is `gmm`).
     pub toy: ToyConfig,
     /// Progress bar on stderr.
@@ -287,6 +303,10 @@ impl Default for RunConfig {
             max_staleness: -1,
             zero_stage: 0,
             generator_name: "wan2.1-t2v-1.3b".into(),
+            model_root: "wan_models".into(),
+            allow_random_weights: false,
+            text_encoder_path: None,
+            vae_path: None,
             toy: ToyConfig::default(),
             progress: true,
         }

@@ -14,6 +14,7 @@ pub trait Denoiser {
 
 pub mod gmm;
 pub mod mlp;
+pub mod resolve;
 pub mod toy_text;
 pub mod umt5;
 pub mod vae;

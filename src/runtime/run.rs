@@ -149,6 +149,38 @@ impl Drop for Scratch {
 /// averaged before each update, and only rank 0 writes the logdir. The run then equals one
 /// process with `batch_size × WORLD_SIZE` rows, up to float summation order; its checkpoints
 /// record that global batch, so they resume on any number of processes.
+/// Every model, checkpoint and prompt file the run names, checked before anything is built or
+/// written: one error listing every problem (what to download and which key to set).
+fn preflight(cfg: &RunConfig, wiring: &Wiring) -> Result<()> {
+    let mut roles: Vec<&str> = vec![];
+    for n in &wiring.nodes {
+        if let Some(m) = n.params.get("model").and_then(|v| v.as_str()) {
+            let r = match m {
+                "critic" => "fake",
+                "teacher" => "real",
+                r => r,
+            };
+            for known in ["generator", "fake", "real"] {
+                if r == known && !roles.contains(&known) {
+                    roles.push(known);
+                }
+            }
+        }
+    }
+    let mut problems = crate::models::resolve::check_models(cfg, &roles);
+    if wiring.nodes.iter().any(|n| n.kind == "prompt_source") {
+        problems.extend(crate::text::check_prompt_keys(cfg));
+    }
+    if !problems.is_empty() {
+        bail!(
+            "the run cannot start, {} problem(s):\n- {}",
+            problems.len(),
+            problems.join("\n- ")
+        );
+    }
+    Ok(())
+}
+
 pub fn train(cfg: RunConfig, opts: &RunOptions) -> Result<RunReport> {
     let env = DistEnv::from_env().context("the torchrun environment")?;
     let (rank, world) = (env.rank, env.world_size);
@@ -175,6 +207,7 @@ pub fn train(cfg: RunConfig, opts: &RunOptions) -> Result<RunReport> {
             cfg.pipeline
         );
     }
+    preflight(&cfg, &wiring)?;
     let mode = resolve_mode(&cfg, &graph.schedule)?;
     if world > 1 {
         if let Mode::Async { .. } = mode {
@@ -296,6 +329,8 @@ pub fn train(cfg: RunConfig, opts: &RunOptions) -> Result<RunReport> {
             cfg.max_steps
         );
     }
+    // A `.txt` prompt list is encoded once (resumable cache) before the actors start.
+    crate::text::ensure_run_embeddings(&cfg, device, rank)?;
     let plan = Arc::new(Plan {
         mode,
         ratio: cfg.dfake_gen_update_ratio,

@@ -13,14 +13,17 @@
 //! (provenance), for toy and pixel-space latents `grid.png` and `frames.gif`, and with an exact
 //! GMM teacher `quality.json` (the metrics of `crate::eval` against exact teacher samples).
 
+pub mod bench;
+mod prompts;
 pub mod render;
+mod source;
+pub mod video;
 
 use crate::actors::rollout::Rollout;
 use crate::actors::zoo;
-use crate::checkpoint::{self, files};
+use crate::checkpoint;
 use crate::config::{self, Layer, RunConfig};
 use crate::eval::{quality, QualityReport};
-use crate::models::toy_text::ToyTextEncoder;
 use crate::rng::Lane;
 use crate::runtime::actor::{Credits, WeightsIn};
 use crate::runtime::cancel::Cancel;
@@ -37,8 +40,11 @@ use tch::{Device, Kind, Tensor};
 /// What to sample.
 #[derive(Clone, Debug)]
 pub struct SampleOptions {
-    /// A checkpoint folder (`…/checkpoints/step_NNNNNN`) or a logdir (its newest checkpoint).
-    pub checkpoint: PathBuf,
+    /// A checkpoint folder (`…/checkpoints/step_NNNNNN`) or a logdir (its newest checkpoint);
+    /// None: the generator of the config (`generator_ckpt`, else `generator_name`).
+    pub checkpoint: Option<PathBuf>,
+    /// A prompt list (.txt, one per line) encoded with the config's `text_encoder_path`.
+    pub prompts: Option<PathBuf>,
     pub use_ema: bool,
     pub num_samples: usize,
     /// Any value, 0 included, is used as given.
@@ -49,13 +55,16 @@ pub struct SampleOptions {
     pub prompt: Option<usize>,
     /// Samples per generator call (default: the config's `batch_size`).
     pub batch_size: Option<usize>,
-    /// Config layers applied over the checkpoint's config.
+    /// Config layers applied over the checkpoint's config (without a checkpoint: the config).
     pub overrides: Vec<Layer>,
+    /// Write MP4/GIF through the config's `vae_path` (when the latents are the VAE's).
+    pub video: bool,
 }
 
 /// What was written.
 #[derive(Debug)]
 pub struct SampleReport {
+    /// The checkpoint, or the config's generator source.
     pub checkpoint: PathBuf,
     pub step: u64,
     pub weights: String,
@@ -64,6 +73,8 @@ pub struct SampleReport {
     pub shape: Vec<i64>,
     pub quality: Option<QualityReport>,
     pub latents: Tensor,
+    /// Streaming video: seconds to the first decoded frames, and per-block events.
+    pub first_frames_s: Option<f64>,
 }
 
 /// The checkpoint folder `p` names: itself if it holds state.json, else the newest checkpoint of
@@ -146,84 +157,14 @@ fn pick_part(state: &checkpoint::StateFile, use_ema: bool) -> Result<(String, &'
     Ok((name.clone(), "model."))
 }
 
-/// Conditioning for N samples: ([N, L, D] cond, prompt ids, prompt labels).
-fn conditioning(
-    cfg: &RunConfig,
-    n: usize,
-    fixed: Option<usize>,
-    device: Device,
-) -> Result<(Tensor, Vec<i64>, Vec<String>)> {
-    if let Some(path) = cfg
-        .data_path
-        .as_ref()
-        .filter(|p| p.ends_with(".safetensors"))
-    {
-        let named = Tensor::read_safetensors(path)
-            .with_context(|| format!("{path} (config key `data_path`): cannot read"))?;
-        let cond = named
-            .into_iter()
-            .find(|(k, _)| k == "cond")
-            .map(|(_, t)| t)
-            .with_context(|| format!("{path}: no tensor `cond` [N, L, D]"))?;
-        let rows = cond.size()[0] as usize;
-        if let Some(p) = fixed.filter(|&p| p >= rows) {
-            bail!("--prompt {p}: {path} holds {rows} prompt embeddings");
-        }
-        let ids: Vec<i64> = (0..n).map(|i| fixed.unwrap_or(i % rows) as i64).collect();
-        let labels = ids.iter().map(|i| format!("prompt {i}")).collect();
-        let c = cond
-            .index_select(0, &Tensor::from_slice(&ids))
-            .to_kind(Kind::Float);
-        return Ok((c.to_device(device), ids, labels));
-    }
-    let t = &cfg.toy;
-    // The same text sizes the training prompt source uses (prompt_source.rs).
-    let text_dim = zoo::wan_config(&cfg.generator_name, cfg)
-        .map(|w| w.text_dim)
-        .unwrap_or(t.text_dim);
-    let text_len = if text_dim == t.text_dim {
-        t.text_len
-    } else {
-        512
-    };
-    let k = t.num_classes.max(0) as usize;
-    ensure!(
-        text_len >= 1 && text_dim >= k as i64,
-        "config keys `toy.text_len` ({text_len}) / `toy.text_dim` ({text_dim}): need text_len >= 1 \
-         and text_dim >= toy.num_classes ({k})"
-    );
-    if let Some(p) = fixed.filter(|&p| p >= k.max(1)) {
-        bail!("--prompt {p}: the toy has {k} classes (toy.num_classes)");
-    }
-    let enc = ToyTextEncoder::new(k, text_len as usize, text_dim as usize);
-    let ids: Vec<i64> = (0..n)
-        .map(|i| {
-            if k == 0 {
-                -1
-            } else {
-                fixed.unwrap_or(i % k) as i64
-            }
-        })
-        .collect();
-    let prompts: Vec<String> = ids
-        .iter()
-        .map(|&c| {
-            if c < 0 {
-                String::new()
-            } else {
-                format!("class {c}")
-            }
-        })
-        .collect();
-    let labels = prompts
-        .iter()
-        .map(|p| if p.is_empty() { "-".into() } else { p.clone() })
-        .collect();
-    Ok((enc.encode_on(&prompts, device), ids, labels))
-}
-
 /// A context for driving the rollout outside a running graph.
-fn standalone_ctx(cfg: Arc<RunConfig>, seed: u64, device: Device, out: &Path) -> Ctx {
+fn standalone_ctx(
+    cfg: Arc<RunConfig>,
+    seed: u64,
+    device: Device,
+    out: &Path,
+    weights_arrive: bool,
+) -> Ctx {
     let plan = Arc::new(Plan {
         mode: Mode::Serial,
         ratio: cfg.dfake_gen_update_ratio,
@@ -235,15 +176,18 @@ fn standalone_ctx(cfg: Arc<RunConfig>, seed: u64, device: Device, out: &Path) ->
     });
     // A weights input tells the model builder that weights arrive before first use (they come
     // from the checkpoint below), so it skips the random initialisation.
-    let weights_in = BTreeMap::from([(
-        "weights".to_string(),
-        WeightsIn {
-            model: "generator".into(),
-            hub: Arc::new(WeightsHub::new("generator", 1)),
-            loaded: None,
-            aliased: false,
-        },
-    )]);
+    let mut weights_in = BTreeMap::new();
+    if weights_arrive {
+        weights_in.insert(
+            "weights".to_string(),
+            WeightsIn {
+                model: "generator".into(),
+                hub: Arc::new(WeightsHub::new("generator", 1)),
+                loaded: None,
+                aliased: false,
+            },
+        );
+    }
     Ctx {
         name: "sample".into(),
         kind: "rollout".into(),
@@ -266,12 +210,26 @@ fn standalone_ctx(cfg: Arc<RunConfig>, seed: u64, device: Device, out: &Path) ->
     }
 }
 
-/// Generate samples from a checkpoint and write them (see the module doc).
-pub fn sample(opts: &SampleOptions) -> Result<SampleReport> {
+/// Everything generation needs, built once (`sample` and `sample --benchmark`).
+pub(crate) struct Prepared {
+    pub cfg: Arc<RunConfig>,
+    pub ctx: Ctx,
+    pub rollout: Rollout,
+    pub device: Device,
+    pub out: PathBuf,
+    src_dir: PathBuf,
+    src_step: u64,
+    src_part: String,
+}
+
+/// Builds the generator (weights from the checkpoint or the config) and its context.
+pub(crate) fn prepare(opts: &SampleOptions) -> Result<Prepared> {
     ensure!(opts.num_samples >= 1, "--num-samples must be >= 1");
-    let dir = resolve_checkpoint(&opts.checkpoint)?;
-    let state = checkpoint::read_state_file(&dir)?;
-    let mut cfg = config_from(&dir, &state.config, &opts.overrides)?;
+    let src = match &opts.checkpoint {
+        Some(c) => source::from_checkpoint(c, opts)?,
+        None => source::from_config(opts)?,
+    };
+    let mut cfg = src.cfg;
     // Inference runs the whole few-step list in every block (spec §7).
     cfg.last_step_only = true;
     let device = crate::runtime::parse_device(&cfg.device).context("config key `device`")?;
@@ -286,55 +244,71 @@ pub fn sample(opts: &SampleOptions) -> Result<SampleReport> {
         // One intra-op thread: reductions then never depend on the thread count (same bytes).
         tch::set_num_threads(1);
     }
-    let (part, prefix) = pick_part(&state, opts.use_ema)?;
-    let manifest = &state.parts[&part];
-    let tensors = files::read_part(&dir, manifest)?;
-    let out = opts.out.clone().unwrap_or_else(|| {
-        dir.join(if opts.use_ema {
-            "samples_ema"
-        } else {
-            "samples"
-        })
-    });
+    let out = opts.out.clone().unwrap_or_else(|| src.default_out.clone());
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
 
     let cfg = Arc::new(cfg);
-    let ctx = standalone_ctx(cfg.clone(), opts.seed, device, &out);
-    let rollout =
-        Rollout::new(&ctx).context("building the generator from the checkpoint's config")?;
-    let weights: Vec<(String, Tensor)> = tensors
-        .into_iter()
-        .filter_map(|(k, t)| k.strip_prefix(prefix).map(|n| (n.to_string(), t)))
-        .collect();
-    let kinds: BTreeMap<&str, Kind> = rollout
-        .vars()
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.kind()))
-        .collect();
-    let weights: Vec<(String, Tensor)> = weights
-        .into_iter()
-        .map(|(k, t)| {
-            let t = match kinds.get(k.as_str()) {
-                Some(&kind) => t.to_kind(kind),
-                None => t,
-            };
-            (k, t)
-        })
-        .collect();
-    crate::optim::copy_named_into(
-        rollout.vars(),
-        &weights,
-        &format!("{} ({part})", dir.join(&manifest.file).display()),
-    )?;
+    let ctx = standalone_ctx(cfg.clone(), opts.seed, device, &out, src.weights.is_some());
+    let rollout = Rollout::new(&ctx).context("building the generator")?;
+    if let Some(weights) = &src.weights {
+        let kinds: BTreeMap<&str, Kind> = rollout
+            .vars()
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.kind()))
+            .collect();
+        let weights: Vec<(String, Tensor)> = weights
+            .iter()
+            .map(|(k, t)| {
+                let t = match kinds.get(k.as_str()) {
+                    Some(&kind) => t.to_kind(kind),
+                    None => t.shallow_clone(),
+                };
+                (k.clone(), t)
+            })
+            .collect();
+        crate::optim::copy_named_into(rollout.vars(), &weights, &src.label)?;
+    }
+    Ok(Prepared {
+        cfg,
+        ctx,
+        rollout,
+        device,
+        out,
+        src_dir: src.dir,
+        src_step: src.step,
+        src_part: src.part,
+    })
+}
 
+/// Generate samples and write them (see the module doc).
+pub fn sample(opts: &SampleOptions) -> Result<SampleReport> {
+    let Prepared {
+        cfg,
+        ctx,
+        rollout,
+        device,
+        out,
+        src_dir,
+        src_step,
+        src_part,
+    } = prepare(opts)?;
     let n = opts.num_samples;
     let chunk = opts
         .batch_size
         .unwrap_or(cfg.batch_size.max(1) as usize)
         .clamp(1, n);
-    let (cond, ids, labels) = conditioning(&cfg, n, opts.prompt, device)?;
+    let (cond, ids, labels) =
+        prompts::conditioning(&cfg, n, opts.prompt, device, opts.prompts.as_deref())?;
+    let vae = if opts.video {
+        prompts::load_vae(&cfg, device)?
+    } else {
+        None
+    };
     let _g = tch::no_grad_guard();
     let mut outs = vec![];
+    let mut videos = vec![];
+    let t0 = std::time::Instant::now();
+    let mut first_frames_s = None;
     // Every call is a full chunk (rows micro·chunk…): sample k is keyed by row k whatever N is.
     for (m, first) in (0..n).step_by(chunk).enumerate() {
         let rows: Vec<i64> = (first..first + chunk).map(|i| (i % n) as i64).collect();
@@ -344,14 +318,42 @@ pub fn sample(opts: &SampleOptions) -> Result<SampleReport> {
             lane: Lane::Other,
             micro: m as u32,
         };
-        let (x, _, _) = rollout.generate(&ctx, &work, &c)?;
+        let bases: Vec<Option<PathBuf>> = (first..first + chunk)
+            .map(|i| (i < n).then(|| video::base_path(&out, i, &labels[i])))
+            .collect();
+        let gif_scale = if cfg.image_or_video_shape[4] * 8 > 512 {
+            2
+        } else {
+            1
+        };
+        let mut sink = vae
+            .as_ref()
+            .map(|v| video::VideoSink::new(v, bases, gif_scale, device));
+        let (x, _, _) = rollout.generate_with(&ctx, &work, &c, &mut |blk, x0| {
+            if let Some(s) = sink.as_mut() {
+                s.push_block(blk, x0)?;
+                if first_frames_s.is_none() {
+                    first_frames_s = Some(t0.elapsed().as_secs_f64());
+                }
+            }
+            Ok(())
+        })?;
+        if let Some(s) = sink {
+            videos.extend(s.finish()?);
+        }
         let x = x.to_kind(Kind::Float).to_device(Device::Cpu);
         outs.push(x.narrow(0, 0, chunk.min(n - first) as i64));
     }
+    if vae.is_none() && opts.video && cfg.image_or_video_shape[2] == 16 && cfg.vae_path.is_none() {
+        eprintln!("note: no MP4/GIF: set `vae_path` (the Wan VAE) to decode the latents to video");
+    }
     let latents = Tensor::cat(&outs, 0);
-    write_outputs(
-        opts, &cfg, &dir, &state, &part, &out, latents, &ids, &labels,
-    )
+    let mut rep = write_outputs(
+        opts, &cfg, &src_dir, src_step, &src_part, &out, latents, &ids, &labels,
+    )?;
+    rep.files.splice(0..0, videos);
+    rep.first_frames_s = first_frames_s;
+    Ok(rep)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -359,7 +361,7 @@ fn write_outputs(
     opts: &SampleOptions,
     cfg: &RunConfig,
     dir: &Path,
-    state: &checkpoint::StateFile,
+    step: u64,
     part: &str,
     out: &Path,
     latents: Tensor,
@@ -401,7 +403,7 @@ fn write_outputs(
     let weights = if opts.use_ema { "ema" } else { "generator" };
     let meta = json!({
         "checkpoint": dir.display().to_string(),
-        "step": state.step,
+        "step": step,
         "weights": weights,
         "part": part,
         "seed": opts.seed,
@@ -419,13 +421,14 @@ fn write_outputs(
     files.push(path);
     Ok(SampleReport {
         checkpoint: dir.to_path_buf(),
-        step: state.step,
+        step,
         weights: weights.into(),
         out: out.to_path_buf(),
         files,
         shape,
         quality,
         latents,
+        first_frames_s: None,
     })
 }
 

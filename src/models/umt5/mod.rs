@@ -258,9 +258,22 @@ impl TextEncoder {
     /// Prompts → [B, text_len, d_model] in the model's kind, zero past each prompt's length
     /// (what Wan/Self-Forcing feed the DiT). No autograd graph is recorded.
     pub fn encode(&self, prompts: &[String]) -> Result<Tensor> {
+        Ok(self.encode_with_lens(prompts)?.0)
+    }
+
+    /// [`TextEncoder::encode`] plus each prompt's token count (EOS included): the rows are zero
+    /// from there on, so callers can store only the tokens that carry information.
+    pub fn encode_with_lens(&self, prompts: &[String]) -> Result<(Tensor, Vec<i64>)> {
         let (ids, mask) = self.tokenizer.encode(prompts)?;
+        let lens = Vec::<i64>::try_from(mask.to_kind(tch::Kind::Int64).sum_dim_intlist(
+            [1i64].as_slice(),
+            false,
+            tch::Kind::Int64,
+        ))?;
+        let ids = ids.to_device(self.vs.device());
+        let mask = mask.to_device(self.vs.device());
         let _guard = tch::no_grad_guard();
-        self.model.f_forward(&ids, &mask)
+        Ok((self.model.f_forward(&ids, &mask)?, lens))
     }
 
     pub fn text_len(&self) -> usize {

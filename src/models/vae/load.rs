@@ -38,9 +38,22 @@ fn diffusers_weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// The architecture of a Wan-named VAE file: Wan2.1's layout, with the width (`base_dim`, from
+/// `encoder.conv1.weight`) read off the file so that scaled-down stand-ins in the release format
+/// load too. Everything else is Wan2.1's; a file of another layout fails the strict name/shape
+/// check with the list of differences.
+fn wan_file_config(path: &Path) -> Result<VaeConfig> {
+    let tensors = load_named_tensors(path)?;
+    let mut cfg = VaeConfig::wan21();
+    if let Some((_, t)) = tensors.iter().find(|(n, _)| n == "encoder.conv1.weight") {
+        cfg.base_dim = t.size()[0];
+    }
+    Ok(cfg)
+}
+
 impl WanVae {
     /// Loads a VAE from `path`, which may be
-    /// - a `.safetensors` file in Wan's names (Wan2.1's default architecture),
+    /// - a `.safetensors` file in Wan's names (Wan2.1's architecture; its width read off the file),
     /// - a diffusers `vae/` folder (config.json + diffusion_pytorch_model*.safetensors),
     /// - a diffusers model root holding `vae/`,
     /// - a Wan release folder holding `Wan2.1_VAE.safetensors` (a `.pth` alone is an error that
@@ -52,7 +65,7 @@ impl WanVae {
         if path.is_file() {
             return match path.extension().and_then(|e| e.to_str()) {
                 Some("safetensors") => {
-                    Self::load_wan_safetensors(path, VaeConfig::wan21(), device, kind)
+                    Self::load_wan_safetensors(path, wan_file_config(path)?, device, kind)
                 }
                 Some("pth" | "pt" | "bin" | "ckpt") => bail!(import_hint(path)),
                 _ => bail!(
@@ -61,19 +74,20 @@ impl WanVae {
                 ),
             };
         }
+        // A Wan release folder first: its config.json is the DiT's, not a VAE's.
+        let wan = path.join(WAN_VAE_SAFETENSORS);
+        if wan.is_file() {
+            return Self::load_wan_safetensors(&wan, wan_file_config(&wan)?, device, kind);
+        }
+        let pth = path.join(WAN_VAE_PTH);
+        if pth.is_file() {
+            bail!(import_hint(&pth));
+        }
         if path.join("config.json").is_file() {
             return Self::load_diffusers_dir(path, device, kind);
         }
         if path.join("vae").join("config.json").is_file() {
             return Self::load_diffusers_dir(&path.join("vae"), device, kind);
-        }
-        let wan = path.join(WAN_VAE_SAFETENSORS);
-        if wan.is_file() {
-            return Self::load_wan_safetensors(&wan, VaeConfig::wan21(), device, kind);
-        }
-        let pth = path.join(WAN_VAE_PTH);
-        if pth.is_file() {
-            bail!(import_hint(&pth));
         }
         bail!(
             "VAE folder {} has none of: config.json + diffusion_pytorch_model.safetensors \

@@ -5,6 +5,7 @@
 mod block;
 pub mod cache;
 pub mod config;
+pub mod diffusers;
 pub mod flops;
 pub mod init;
 pub mod model;
@@ -18,7 +19,7 @@ pub use model::WanModel;
 
 use crate::models::weights::{copy_into_varstore, load_named_tensors, strip_wrapper_prefixes};
 use crate::rng::{Lane, Purpose, RngKey};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use std::path::Path;
 use tch::nn::VarStore;
 use tch::{Device, Kind};
@@ -37,34 +38,40 @@ pub fn build_random(
     Ok((vs, model))
 }
 
-/// Loads Wan weights from a folder holding Wan's `config.json` and one or more `*.safetensors`
-/// files in Wan's original key names (`model.` and `_fsdp_wrapped_module.` are stripped).
+/// Loads Wan weights from a model folder: Wan's release layout (`config.json` +
+/// `diffusion_pytorch_model*.safetensors`, Wan's names; `model.` and `_fsdp_wrapped_module.` are
+/// stripped) or diffusers' (`transformer/`, mapped by [`diffusers::wan_name`]). See
+/// [`crate::models::resolve`] for which shards are read.
 pub fn load_from_dir(dir: &Path, device: Device, kind: Kind) -> Result<(VarStore, WanModel)> {
-    let cfg = WanConfig::from_json_file(&dir.join("config.json"))?;
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading Wan folder {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-        .collect();
-    files.sort();
-    if files.is_empty() {
-        bail!("Wan folder {} has no *.safetensors file", dir.display());
-    }
+    let wd = crate::models::resolve::wan_dir(dir)?;
+    let cfg = if wd.diffusers {
+        diffusers::config_from_json_file(&wd.dir.join("config.json"))?
+    } else {
+        WanConfig::from_json_file(&wd.dir.join("config.json"))?
+    };
+    let files = crate::models::resolve::dit_shards(&wd.dir)?;
     let mut tensors = Vec::new();
     for f in &files {
         for (n, t) in load_named_tensors(f)? {
-            tensors.push((strip_wrapper_prefixes(&n), t));
+            let n = strip_wrapper_prefixes(&n);
+            // An unknown diffusers name keeps its own name: the loader lists it as unexpected.
+            let n = if wd.diffusers {
+                diffusers::wan_name(&n).unwrap_or(n)
+            } else {
+                n
+            };
+            tensors.push((n, t));
         }
     }
     let mut vs = VarStore::new(device);
     let model = WanModel::new(&vs.root(), cfg)?;
     vs.set_kind(kind);
-    copy_into_varstore(&vs, &tensors, &dir.display().to_string())?;
+    copy_into_varstore(&vs, &tensors, &wd.dir.display().to_string())?;
     Ok((vs, model))
 }
 
-/// Resolves `real_name` / `fake_name`-style references: a preset name (`wan2.1-t2v-1.3b`,
-/// `wan2.1-t2v-14b`) gives RANDOM weights (logged loudly on stderr); a local folder loads it.
+/// Loads a local model folder. Names that are not folders are errors here: random weights are
+/// only built when asked for by name (`random:<preset>`, see [`crate::models::resolve`]).
 pub fn load_or_build(
     name_or_path: &str,
     device: Device,
@@ -74,17 +81,8 @@ pub fn load_or_build(
     if p.is_dir() {
         return load_from_dir(p, device, kind);
     }
-    if let Some(cfg) = WanConfig::preset(name_or_path) {
-        eprintln!(
-            "RANDOM WEIGHTS: Wan model {name_or_path:?} is a preset name, not a folder with \
-             config.json + *.safetensors; building it with Wan's random initialisation ({} params)",
-            cfg.num_params()
-        );
-        return build_random(cfg, device, kind, 0);
-    }
     bail!(
-        "Wan model {name_or_path:?} is neither a local folder (config.json + *.safetensors) nor a \
-         preset ({})",
+        "Wan model {name_or_path:?} is not a local folder (config.json +          diffusion_pytorch_model*.safetensors, or diffusers' transformer/); for random weights of          a preset use build_random or the model name `random:<preset>` ({})",
         PRESETS.join(", ")
     )
 }

@@ -1,0 +1,425 @@
+//! The real job end to end, on tiny stand-ins of the Wan2.1 release saved in the real formats
+//! (tests/fixtures/release_tiny, made by scripts/make_release_fixtures.py with diffusers and
+//! transformers): Wan's release layout (.pth pickles converted by scripts/import_wan.py) and
+//! diffusers' layout. Through the binary, as the README's "Distil a real Wan2.1 model" section:
+//! import → encode-prompts (resumable) → train on a .txt prompt list → sample to MP4/GIF (decoded
+//! by PyAV, an independent decoder) → and the clear failure of a config whose files are missing.
+//! Needs the project venv (torch, av), as `make test` creates it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use tch::{Device, Kind, Tensor};
+
+const BIN: &str = env!("CARGO_BIN_EXE_run-pipeline");
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn python() -> PathBuf {
+    let venv = std::env::var_os("STILLFLOW_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".venv"));
+    let py = venv.join("bin/python");
+    assert!(py.is_file(), "{} not found: run `make test`", py.display());
+    py
+}
+
+fn run_in(dir: &Path, args: &[&str]) -> Output {
+    let mut c = Command::new(BIN);
+    c.args(args).current_dir(dir);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("STILLFLOW__") {
+            c.env_remove(k);
+        }
+    }
+    c.output().expect("spawn run-pipeline")
+}
+
+fn ok_in(dir: &Path, args: &[&str]) -> String {
+    let o = run_in(dir, args);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{args:?} failed:\n{out}\n{err}");
+    out
+}
+
+fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let p = e.path();
+        if p.is_dir() {
+            copy_dir(&p, &dst.join(e.file_name()));
+        } else {
+            std::fs::copy(&p, dst.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// A Wan release folder with its pickles converted, as a user has it after import_wan.py.
+fn imported_wan(tmp: &Path) -> PathBuf {
+    let dir = tmp.join("wan_models").join("Wan2.1-T2V-1.3B");
+    copy_dir(&root().join("tests/fixtures/release_tiny/wan"), &dir);
+    let o = Command::new(python())
+        .arg(root().join("scripts/import_wan.py"))
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "import_wan.py: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for f in ["models_t5_umt5-xxl-enc-bf16", "Wan2.1_VAE"] {
+        assert!(dir.join(format!("{f}.safetensors")).is_file(), "{f}");
+    }
+    dir
+}
+
+const PROMPTS: &str = "a red fox runs through snow\n\na  cat   on a piano\nthe sea at dawn\n";
+
+/// The tiny shapes: 3 latent frames of 16×4×4 (9 video frames of 32×32), one frame per block.
+fn tiny_sets(model: &str, logdir: &Path) -> Vec<String> {
+    vec![
+        format!("generator_name={model}"),
+        format!("fake_name={model}"),
+        format!("real_name={model}"),
+        format!("text_encoder_path={model}"),
+        "data_path=prompts.txt".into(),
+        "image_or_video_shape=[1,3,16,4,4]".into(),
+        "num_training_frames=3".into(),
+        "num_frame_per_block=1".into(),
+        "mixed_precision=false".into(),
+        "gradient_checkpointing=false".into(),
+        "dfake_gen_update_ratio=2".into(),
+        "max_steps=2".into(),
+        "log_iters=2".into(),
+        "ema_start_step=1000".into(),
+        "progress=false".into(),
+        "device=cpu".into(),
+        format!("logdir={}", logdir.display()),
+    ]
+}
+
+fn with_sets<'a>(head: &[&'a str], sets: &'a [String]) -> Vec<&'a str> {
+    let mut v: Vec<&str> = head.to_vec();
+    for s in sets {
+        v.push("--set");
+        v.push(s);
+    }
+    v
+}
+
+fn decode(video: &Path) -> serde_json::Value {
+    let o = Command::new(python())
+        .arg(root().join("scripts/decode_video.py"))
+        .arg(video)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "decode_video.py {}: {}",
+        video.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).expect("decoder JSON")
+}
+
+#[test]
+fn wan_release_layout_from_prompts_to_mp4() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let model = imported_wan(t);
+    let model_s = model.display().to_string();
+    std::fs::write(t.join("prompts.txt"), PROMPTS).unwrap();
+
+    // encode-prompts: 3 prompts (a blank line skipped) + the negative prompt.
+    let out = ok_in(
+        t,
+        &[
+            "encode-prompts",
+            "--prompts",
+            "prompts.txt",
+            "--text-encoder",
+            &model_s,
+            "--out",
+            "emb/prompts.safetensors",
+            "--device",
+            "cpu",
+        ],
+    );
+    assert!(
+        out.contains("3 prompts") && out.contains("4 encoded now"),
+        "{out}"
+    );
+    let named = Tensor::read_safetensors(t.join("emb/prompts.safetensors")).unwrap();
+    let get = |k: &str| {
+        named
+            .iter()
+            .find(|(n, _)| n == k)
+            .unwrap()
+            .1
+            .shallow_clone()
+    };
+    let (cond, uncond, lens) = (get("cond"), get("uncond"), get("lens"));
+    assert_eq!(cond.size()[0], 3);
+    assert_eq!(cond.size()[2], 32, "d_model of the stand-in");
+    assert_eq!(uncond.size()[1..], cond.size()[1..]);
+    // Rows are zero past each prompt's length, and not before it.
+    let lens: Vec<i64> = Vec::<i64>::try_from(&lens).unwrap();
+    for (i, &l) in lens.iter().enumerate() {
+        let row = cond.get(i as i64);
+        assert!(
+            row.narrow(0, l, cond.size()[1] - l)
+                .abs()
+                .sum(Kind::Float)
+                .double_value(&[])
+                == 0.0
+        );
+        assert!(row.get(l - 1).abs().sum(Kind::Float).double_value(&[]) > 0.0);
+    }
+    // The same prompt encodes the same alone (the encoder, not the batch, decides).
+    std::fs::write(t.join("one.txt"), "the sea at dawn\n").unwrap();
+    ok_in(
+        t,
+        &[
+            "encode-prompts",
+            "--prompts",
+            "one.txt",
+            "--text-encoder",
+            &model_s,
+            "--out",
+            "emb/one.safetensors",
+            "--device",
+            "cpu",
+        ],
+    );
+    let one = Tensor::read_safetensors(t.join("emb/one.safetensors")).unwrap();
+    let one = &one.iter().find(|(n, _)| n == "cond").unwrap().1;
+    let l = lens[2];
+    let diff = (one.get(0).narrow(0, 0, l) - cond.get(2).narrow(0, 0, l))
+        .abs()
+        .max()
+        .double_value(&[]);
+    assert!(diff < 1e-5, "batch independence: {diff}");
+    // Re-run: up to date. One more prompt: only it is encoded (the cache).
+    let out = ok_in(
+        t,
+        &[
+            "encode-prompts",
+            "--prompts",
+            "prompts.txt",
+            "--text-encoder",
+            &model_s,
+            "--out",
+            "emb/prompts.safetensors",
+            "--device",
+            "cpu",
+        ],
+    );
+    assert!(
+        out.contains("0 encoded now") && out.contains("up to date"),
+        "{out}"
+    );
+    std::fs::write(t.join("prompts.txt"), format!("{PROMPTS}a new prompt\n")).unwrap();
+    let out = ok_in(
+        t,
+        &[
+            "encode-prompts",
+            "--prompts",
+            "prompts.txt",
+            "--text-encoder",
+            &model_s,
+            "--out",
+            "emb/prompts.safetensors",
+            "--device",
+            "cpu",
+        ],
+    );
+    assert!(
+        out.contains("4 prompts") && out.contains("1 encoded now"),
+        "{out}"
+    );
+
+    // Train two steps on the .txt list: the driver encodes it into the logdir once.
+    let logdir = t.join("run");
+    let sets = tiny_sets(&model_s, &logdir);
+    ok_in(t, &with_sets(&[], &sets));
+    assert!(logdir.join("prompts/embeddings.safetensors").is_file());
+    assert!(logdir.join("checkpoints").is_dir());
+
+    // Sample to video, streaming: 2 samples, 9 frames of 32×32 each, MP4 and GIF.
+    let mut ssets = vec![format!("vae_path={model_s}")];
+    ssets.push(format!("text_encoder_path={model_s}"));
+    let logdir_s = logdir.display().to_string();
+    let args = with_sets(
+        &[
+            "sample",
+            "--checkpoint",
+            &logdir_s,
+            "--prompts",
+            "prompts.txt",
+            "--num-samples",
+            "2",
+            "--out",
+            "videos",
+        ],
+        &ssets,
+    );
+    let out = ok_in(t, &args);
+    assert!(out.contains("first decoded frames after"), "{out}");
+    let mut mp4s: Vec<PathBuf> = std::fs::read_dir(t.join("videos"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "mp4"))
+        .collect();
+    mp4s.sort();
+    assert_eq!(mp4s.len(), 2, "{mp4s:?}");
+    assert!(mp4s[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .starts_with("000-a_red_fox"));
+    for m in &mp4s {
+        let v = decode(m);
+        assert_eq!(v["codec"], "h264", "{v}");
+        assert_eq!(v["frames"], 9, "{v}");
+        assert_eq!(
+            (v["width"].as_i64(), v["height"].as_i64()),
+            (Some(32), Some(32)),
+            "{v}"
+        );
+        assert!(m.with_extension("gif").is_file());
+    }
+    let lat = Tensor::read_safetensors(t.join("videos/samples.safetensors")).unwrap();
+    let lat = &lat.iter().find(|(n, _)| n == "latents").unwrap().1;
+    assert_eq!(lat.size(), vec![2, 3, 16, 4, 4]);
+}
+
+#[test]
+fn diffusers_layout_loads_the_same_models() {
+    // The diffusers folder holds the same weights as the Wan one (bf16-rounded): the DiT, the
+    // text encoder and the VAE must give the same numbers through both loaders.
+    let tmp = tempfile::tempdir().unwrap();
+    let wan = imported_wan(tmp.path());
+    let dif = root().join("tests/fixtures/release_tiny/diffusers");
+    let (_, a) = stillflow::models::wan::load_from_dir(&wan, Device::Cpu, Kind::Float).unwrap();
+    let (_, b) = stillflow::models::wan::load_from_dir(&dif, Device::Cpu, Kind::Float).unwrap();
+    tch::manual_seed(0);
+    let x = Tensor::randn([1, 2, 16, 4, 4], (Kind::Float, Device::Cpu));
+    let tt = Tensor::from_slice(&[500.0f32, 500.0]).reshape([1, 2]);
+    let c = Tensor::randn([1, 7, 32], (Kind::Float, Device::Cpu));
+    use stillflow::models::Denoiser;
+    let (ya, yb) = tch::no_grad(|| (a.flow(&x, &tt, &c), b.flow(&x, &tt, &c)));
+    let d = (&ya - &yb).abs().max().double_value(&[]);
+    assert!(d < 1e-5, "DiT, Wan vs diffusers layout: {d}");
+
+    use stillflow::models::umt5::TextEncoder;
+    let ta = TextEncoder::load(&wan, Device::Cpu, Kind::Float).unwrap();
+    let tb = TextEncoder::load(&dif, Device::Cpu, Kind::Float).unwrap();
+    let p = vec!["a red fox runs through snow".to_string()];
+    let d = (ta.encode(&p).unwrap() - tb.encode(&p).unwrap())
+        .abs()
+        .max()
+        .double_value(&[]);
+    assert!(d < 1e-5, "umT5, Wan vs diffusers layout: {d}");
+
+    use stillflow::models::vae::WanVae;
+    let va = WanVae::load(&wan, Device::Cpu, Kind::Float).unwrap();
+    let vb = WanVae::load(&dif, Device::Cpu, Kind::Float).unwrap();
+    let z = Tensor::randn([1, 16, 2, 2, 2], (Kind::Float, Device::Cpu));
+    let d = (va.decode(&z).unwrap() - vb.decode(&z).unwrap())
+        .abs()
+        .max()
+        .double_value(&[]);
+    assert!(d < 1e-5, "VAE, Wan vs diffusers layout: {d}");
+}
+
+#[test]
+fn sample_from_a_model_folder_without_checkpoint() {
+    // `sample --config` with generator_name = a diffusers folder (no training checkpoint).
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    std::fs::write(t.join("p.txt"), "a lighthouse in fog\n").unwrap();
+    let dif = root().join("tests/fixtures/release_tiny/diffusers");
+    let d = dif.display().to_string();
+    let sets: Vec<String> = tiny_sets(&d, &t.join("unused"))
+        .into_iter()
+        .chain([format!("vae_path={d}")])
+        .collect();
+    let out = ok_in(
+        t,
+        &with_sets(
+            &[
+                "sample",
+                "--prompts",
+                "p.txt",
+                "--num-samples",
+                "1",
+                "--out",
+                "v",
+            ],
+            &sets,
+        ),
+    );
+    assert!(
+        out.contains("generator_name") || out.contains("sampled 1"),
+        "{out}"
+    );
+    let v = decode(&t.join("v/000-a_lighthouse_in_fog.mp4"));
+    assert_eq!(v["frames"], 9, "{v}");
+}
+
+#[test]
+fn missing_release_files_fail_at_once_with_what_to_download() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t0 = std::time::Instant::now();
+    let o = run_in(
+        tmp.path(),
+        &["--config", "self_forcing_dmd", "--logdir", "run"],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        t0.elapsed().as_secs() < 30,
+        "must fail before building anything"
+    );
+    for want in [
+        "huggingface-cli download Wan-AI/Wan2.1-T2V-14B",
+        "wan_models/Wan2.1-T2V-14B",
+        "fake_name",
+        "text_encoder_path",
+        "import_self_forcing.py",
+        "random:wan2.1-t2v-14b",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+    assert!(!tmp.path().join("run").exists(), "nothing written");
+    // A .txt data_path without a text encoder names both keys, even with random models.
+    let o = run_in(
+        tmp.path(),
+        &[
+            "--set",
+            "generator_name=wan-tiny",
+            "--set",
+            "fake_name=wan-tiny",
+            "--set",
+            "real_name=gmm",
+            "--set",
+            "data_path=nope.txt",
+            "--set",
+            "image_or_video_shape=[1,3,4,4,4]",
+            "--set",
+            "num_training_frames=3",
+            "--logdir",
+            "run2",
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("text_encoder_path") && err.contains("data_path") && err.contains("nope.txt"),
+        "{err}"
+    );
+}
