@@ -292,6 +292,18 @@ fn wan_release_layout_from_prompts_to_mp4() {
         );
         assert!(m.with_extension("gif").is_file());
     }
+    // Streaming: the frames of each block were decoded and encoded inside the generator's block
+    // loop (1 frame for the first latent frame, then 4 per latent frame).
+    let st: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(t.join("videos/video_stream.json")).unwrap())
+            .unwrap();
+    let frames: Vec<i64> = st["calls"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["frames"].as_i64().unwrap())
+        .collect();
+    assert_eq!(frames, vec![1, 5, 9], "{st}");
     let lat = Tensor::read_safetensors(t.join("videos/samples.safetensors")).unwrap();
     let lat = &lat.iter().find(|(n, _)| n == "latents").unwrap().1;
     assert_eq!(lat.size(), vec![2, 3, 16, 4, 4]);

@@ -332,10 +332,13 @@ fn clear_load_errors() {
             && e.contains("unexpected: decoder.extra"),
         "{e}"
     );
-    // A Wan release folder is found by its converted file and read as Wan2.1's architecture.
+    // A Wan release folder is found by its converted file (width read off the file, the rest
+    // checked by name): the same missing and unexpected keys, naming the file.
     let e = err_text(WanVae::load(dir.path(), Device::Cpu, Kind::Float));
     assert!(
-        e.contains("Wan2.1_VAE.safetensors") && e.contains("mis-shaped: decoder.conv1.weight"),
+        e.contains("Wan2.1_VAE.safetensors")
+            && e.contains("missing: decoder.middle.1.proj.bias")
+            && e.contains("unexpected: decoder.extra"),
         "{e}"
     );
     // Unsupported diffusers variants are refused by name.
