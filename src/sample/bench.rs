@@ -3,7 +3,9 @@
 //! frames per second, with and without the VAE decode, after warm-up runs. Every time is taken
 //! after a device synchronisation, so it is wall time of finished GPU work.
 
+use super::video::SideDecoder;
 use super::{prepare, prompts, SampleOptions};
+use crate::cuda::{CudaEvent, CudaStream};
 use crate::rng::Lane;
 use crate::runtime::Work;
 use anyhow::{Context, Result};
@@ -76,12 +78,20 @@ pub fn benchmark(opts: &SampleOptions, warmup: usize, runs: usize) -> Result<Ben
     let video_frames = (1 + 4 * (f - 1)) as usize;
     let _g = tch::no_grad_guard();
     let mut rows = vec![];
-    let modes: Vec<bool> = if vae.is_some() {
-        vec![false, true]
-    } else {
-        vec![false]
-    };
-    for decode in modes {
+    // (decode, channels-last VAE convolutions, cuDNN autotuning): side by side in one run.
+    let mut modes: Vec<(bool, bool, bool)> = vec![(false, true, false)];
+    if vae.is_some() {
+        modes.extend([
+            (true, false, false),
+            (true, true, false),
+            (true, true, true),
+        ]);
+    }
+    for (decode, cl, autotune) in modes {
+        crate::models::vae::set_channels_last(cl);
+        if p.device.is_cuda() {
+            tch::Cuda::cudnn_set_benchmark(autotune);
+        }
         let mut firsts = vec![];
         let mut totals = vec![];
         for r in 0..warmup + runs {
@@ -90,24 +100,36 @@ pub fn benchmark(opts: &SampleOptions, warmup: usize, runs: usize) -> Result<Ben
                 lane: Lane::Other,
                 micro: 0,
             };
-            let mut stream = match (&vae, decode) {
-                (Some(v), true) => Some(v.decoder_stream()),
+            let mut dec = match (&vae, decode) {
+                (Some(v), true) => Some(SideDecoder::new(v, p.device)?),
                 _ => None,
             };
             sync(p.device);
             let t0 = Instant::now();
-            let mut first = None;
+            // GPU-side latency: events on the generator's stream at the start, and after the first
+            // block's work (its decode, on the side stream, with the VAE).
+            let mut start = CudaEvent::new(true)?;
+            start.record(&CudaStream::current_for(p.device)?)?;
+            let mut first_ev: Option<CudaEvent> = None;
             let mut keep: Vec<Tensor> = vec![];
             let _ = p
                 .rollout
                 .generate_with(&p.ctx, &work, &c, &mut |_, x0| {
-                    if let Some(s) = stream.as_mut() {
-                        let v = s.push(&x0.permute([0, 2, 1, 3, 4]))?;
-                        keep.push(v);
-                    }
-                    if first.is_none() {
-                        sync(p.device);
-                        first = Some(t0.elapsed().as_secs_f64());
+                    let stream = match dec.as_mut() {
+                        Some(d) => {
+                            keep.push(d.push(x0)?);
+                            d.side().copied()
+                        }
+                        None => None,
+                    };
+                    if first_ev.is_none() {
+                        let mut e = CudaEvent::new(true)?;
+                        let s = match stream {
+                            Some(s) => s,
+                            None => CudaStream::current_for(p.device)?,
+                        };
+                        e.record(&s)?;
+                        first_ev = Some(e);
                     }
                     Ok(())
                 })
@@ -115,15 +137,23 @@ pub fn benchmark(opts: &SampleOptions, warmup: usize, runs: usize) -> Result<Ben
             sync(p.device);
             let total = t0.elapsed().as_secs_f64();
             drop(keep);
+            let first = match (&first_ev, p.device.is_cuda()) {
+                (Some(e), true) => start.elapsed_ms(e)? / 1e3,
+                _ => total,
+            };
             if r >= warmup {
-                firsts.push(first.unwrap_or(total));
+                firsts.push(first);
                 totals.push(total);
             }
         }
         let total = median(&totals);
         rows.push(BenchRow {
             mode: if decode {
-                "generator + VAE decode".into()
+                format!(
+                    "generator + VAE decode (side stream{}{})",
+                    if cl { ", channels-last" } else { "" },
+                    if autotune { ", cuDNN autotune" } else { "" }
+                )
             } else {
                 "generator only".into()
             },

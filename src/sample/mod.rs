@@ -308,7 +308,6 @@ pub fn sample(opts: &SampleOptions) -> Result<SampleReport> {
     let mut outs = vec![];
     let mut videos = vec![];
     let mut stream = vec![];
-    let t0 = std::time::Instant::now();
     let mut first_frames_s = None;
     // Every call is a full chunk (rows micro·chunk…): sample k is keyed by row k whatever N is.
     for (m, first) in (0..n).step_by(chunk).enumerate() {
@@ -327,21 +326,25 @@ pub fn sample(opts: &SampleOptions) -> Result<SampleReport> {
         } else {
             1
         };
-        let mut sink = vae
-            .as_ref()
-            .map(|v| video::VideoSink::new(v, bases, gif_scale, device));
+        let mut sink = match vae.as_ref() {
+            Some(v) => Some(video::VideoSink::new(v, bases, gif_scale, device)?),
+            None => None,
+        };
         let (x, _, _) = rollout.generate_with(&ctx, &work, &c, &mut |blk, x0| {
             if let Some(s) = sink.as_mut() {
                 s.push_block(blk, x0)?;
-                if first_frames_s.is_none() {
-                    first_frames_s = Some(t0.elapsed().as_secs_f64());
-                }
             }
             Ok(())
         })?;
         if let Some(s) = sink {
-            stream.push(s.events.clone());
-            videos.extend(s.finish()?);
+            let (paths, events) = s.finish()?;
+            if first_frames_s.is_none() {
+                // Seconds from the start of the first generator call to its first frames in
+                // the encoders (the sink is made right before the call).
+                first_frames_s = events.first().map(|e| e.at_s);
+            }
+            stream.push(events);
+            videos.extend(paths);
         }
         let x = x.to_kind(Kind::Float).to_device(Device::Cpu);
         outs.push(x.narrow(0, 0, chunk.min(n - first) as i64));

@@ -3,6 +3,7 @@
 //! decoded frames go straight into the MP4 (H.264) and GIF encoders. So the first frames exist —
 //! decoded and encoded — before the last block is generated, and memory is bounded by one block.
 
+use crate::cuda::{record_stream, CudaEvent, CudaStream, StreamGuard};
 use crate::models::vae::{DecodeStream, WanVae};
 use crate::video::{frames_from_tensor, GifOptions, GifWriter, Mp4Writer, VideoSpec};
 use anyhow::{ensure, Context, Result};
@@ -12,6 +13,60 @@ use tch::{Device, Tensor};
 
 /// Output frame rate of Wan2.1 videos (Self-Forcing writes 16 fps).
 pub const FPS: u32 = 16;
+
+/// The VAE's streaming decoder on a side CUDA stream: a block's decode waits (event) for the
+/// generator's work queued so far on the current stream, then runs beside the next block's
+/// generation. Results live on the side stream: read them inside [`SideDecoder::with_side`], which
+/// orders the reads after their decode. On CPU everything runs inline.
+pub struct SideDecoder<'a> {
+    stream: DecodeStream<'a>,
+    side: Option<CudaStream>,
+}
+
+impl<'a> SideDecoder<'a> {
+    pub fn new(vae: &'a WanVae, device: Device) -> Result<Self> {
+        let side = if device.is_cuda() {
+            Some(CudaStream::for_device(device, false)?)
+        } else {
+            None
+        };
+        Ok(SideDecoder {
+            stream: vae.decoder_stream(),
+            side,
+        })
+    }
+
+    /// Queues the decode of x0 [B, k, C, h, w] (stillflow's layout); returns [B, 3, t, H, W].
+    pub fn push(&mut self, x0: &Tensor) -> Result<Tensor> {
+        let z = x0.permute([0, 2, 1, 3, 4]); // → [B, C, k, h, w], the VAE's layout
+        let Some(side) = &self.side else {
+            return self.stream.push(&z);
+        };
+        let mut ready = CudaEvent::new(false)?;
+        ready.record(&CudaStream::current_for(x0.device())?)?;
+        ready.block(side)?;
+        let _g = StreamGuard::new(side)?;
+        // x0 was made on the generator's stream: keep its memory until the side stream is done.
+        record_stream(x0, side)?;
+        self.stream.push(&z)
+    }
+
+    /// Runs `f` with the side stream current (a no-op wrapper on CPU).
+    pub fn with_side<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        match &self.side {
+            None => f(),
+            Some(s) => {
+                let _g = StreamGuard::new(s)?;
+                f()
+            }
+        }
+    }
+
+    /// The side stream (None on CPU).
+    pub fn side(&self) -> Option<&CudaStream> {
+        self.side.as_ref()
+    }
+}
 
 /// One row's writers.
 struct Row {
@@ -33,13 +88,14 @@ pub struct BlockEvent {
 
 /// Decodes blocks of latents and encodes them as they arrive.
 pub struct VideoSink<'a> {
-    stream: DecodeStream<'a>,
+    dec: SideDecoder<'a>,
+    /// The last block's decoded frames, not yet encoded (block index, [B, 3, t, H, W]).
+    pending: Option<(usize, Tensor)>,
     rows: Vec<Option<Row>>,
     spec: Option<VideoSpec>,
     /// (mp4, gif) base paths per row; None for padding rows of a chunk.
     bases: Vec<Option<PathBuf>>,
     gif_scale: u32,
-    device: Device,
     t0: Instant,
     pub events: Vec<BlockEvent>,
     frames: usize,
@@ -53,26 +109,40 @@ impl<'a> VideoSink<'a> {
         bases: Vec<Option<PathBuf>>,
         gif_scale: u32,
         device: Device,
-    ) -> Self {
-        VideoSink {
-            stream: vae.decoder_stream(),
+    ) -> Result<Self> {
+        Ok(VideoSink {
+            dec: SideDecoder::new(vae, device)?,
+            pending: None,
             rows: bases.iter().map(|_| None).collect(),
             spec: None,
             bases,
             gif_scale,
-            device,
             t0: Instant::now(),
             events: vec![],
             frames: 0,
-        }
+        })
     }
 
-    /// Decodes one block x0 [B, k, C, h, w] (stillflow's layout) and encodes its frames.
+    /// Queues the decode of block x0 [B, k, C, h, w] (stillflow's layout) and encodes the frames
+    /// of the block before, whose decode ran beside this block's generation. On CPU (no side
+    /// stream) a block is encoded at once.
     pub fn push_block(&mut self, block: usize, x0: &Tensor) -> Result<()> {
         let _g = tch::no_grad_guard();
-        let z = x0.permute([0, 2, 1, 3, 4]); // → [B, C, k, h, w], the VAE's layout
-        let video = self.stream.push(&z).context("VAE decode of a block")?; // [B, 3, t, H, W]
-        let video = video.to_device(Device::Cpu);
+        if let Some((b, v)) = self.pending.take() {
+            self.encode(b, &v)?;
+        }
+        let video = self.dec.push(x0).context("VAE decode of a block")?;
+        if self.dec.side().is_some() {
+            self.pending = Some((block, video));
+        } else {
+            self.encode(block, &video)?;
+        }
+        Ok(())
+    }
+
+    /// Copies decoded frames [B, 3, t, H, W] to the host (after their decode) and encodes them.
+    fn encode(&mut self, block: usize, video: &Tensor) -> Result<()> {
+        let video = self.dec.with_side(|| Ok(video.to_device(Device::Cpu)))?;
         let size = video.size();
         ensure!(size.len() == 5, "VAE decode returned shape {size:?}");
         let (t, h, w) = (size[2], size[3], size[4]);
@@ -107,11 +177,6 @@ impl<'a> VideoSink<'a> {
             }
         }
         self.frames += t as usize;
-        if self.device.is_cuda() {
-            if let Device::Cuda(d) = self.device {
-                tch::Cuda::synchronize(d as i64);
-            }
-        }
         self.events.push(BlockEvent {
             block,
             frames: self.frames,
@@ -125,8 +190,12 @@ impl<'a> VideoSink<'a> {
         self.frames
     }
 
-    /// Finishes every file (atomic renames); returns the paths written.
-    pub fn finish(self) -> Result<Vec<PathBuf>> {
+    /// Encodes the last block, finishes every file (atomic renames); returns the paths written
+    /// and when each block's frames were encoded.
+    pub fn finish(mut self) -> Result<(Vec<PathBuf>, Vec<BlockEvent>)> {
+        if let Some((b, v)) = self.pending.take() {
+            self.encode(b, &v)?;
+        }
         let mut out = vec![];
         for row in self.rows.into_iter().flatten() {
             row.mp4.finish()?;
@@ -136,7 +205,7 @@ impl<'a> VideoSink<'a> {
                 out.push(row.gif_path);
             }
         }
-        Ok(out)
+        Ok((out, self.events))
     }
 }
 

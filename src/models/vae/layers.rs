@@ -76,6 +76,10 @@ fn last_frames(x: &Tensor, n: i64) -> Tensor {
 /// A 3-D convolution, causal in time. Parameters `weight` [out, in, kt, kh, kw] and `bias`.
 pub(crate) struct CausalConv3d {
     w: Tensor,
+    /// `w` laid out channels-last (NDHWC strides), made on first CUDA use (after loading): cuDNN
+    /// then runs the convolution, and hands on its output, channels-last (see
+    /// [`super::set_channels_last`]).
+    w_cl: std::cell::OnceCell<Tensor>,
     b: Tensor,
     /// Zero frames padded on the past side when there is no history (2·p_t).
     pad_t: i64,
@@ -97,6 +101,7 @@ impl CausalConv3d {
         // Zero-initialised: weights are loaded (or drawn by `WanVae::random`) afterwards.
         CausalConv3d {
             w: p.var("weight", &[cout, cin, k.0, k.1, k.1], Init::Const(0.0)),
+            w_cl: std::cell::OnceCell::new(),
             b: p.var("bias", &[cout], Init::Const(0.0)),
             pad_t: 2 * pad_t,
             pad_hw,
@@ -117,8 +122,18 @@ impl CausalConv3d {
         } else {
             input
         };
+        let w = if input.device().is_cuda() && super::channels_last() {
+            self.w_cl.get_or_init(|| {
+                self.w
+                    .permute([0, 2, 3, 4, 1])
+                    .contiguous()
+                    .permute([0, 4, 1, 2, 3])
+            })
+        } else {
+            &self.w
+        };
         input.conv3d(
-            &self.w,
+            w,
             Some(&self.b),
             [self.stride_t, 1, 1],
             [0, self.pad_hw, self.pad_hw],

@@ -15,6 +15,19 @@ pub use config::{VaeConfig, WAN21_LATENTS_MEAN, WAN21_LATENTS_STD};
 pub use layers::CACHE_T;
 pub use net::VaeNet;
 
+/// Whether CUDA convolutions run channels-last (weights in NDHWC strides; cuDNN's faster 3-D
+/// kernels for bf16). On by default; `sample --benchmark` measures both. Same values either way
+/// up to the kernels' summation order.
+static CHANNELS_LAST: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+pub fn set_channels_last(on: bool) {
+    CHANNELS_LAST.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn channels_last() -> bool {
+    CHANNELS_LAST.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 use crate::rng::{self, Lane, Purpose, RngKey};
 use anyhow::{bail, Result};
 use layers::FeatCache;
