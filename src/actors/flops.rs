@@ -45,14 +45,18 @@ pub fn self_forcing_step_flops(cfg: &RunConfig) -> Option<StepFlops> {
     let sweep: f64 = (1..=blocks)
         .map(|k| forward_flops(&gen, tpb, visible(k * nfpb) * tpf, false))
         .sum();
+    // The context passes skip the last block (its K/V would serve no later block).
+    let context_sweep: f64 = (1..blocks)
+        .map(|k| forward_flops(&gen, tpb, visible(k * nfpb) * tpf, false))
+        .sum();
     let text = forward_flops(&gen, 0, 0, true);
-    // Exit step uniform over the steps (or the last): (n+1)/2 denoising passes, plus the context pass.
+    // Exit step uniform over the steps (or the last): (n+1)/2 denoising passes.
     let passes = if cfg.last_step_only {
         n_steps
     } else {
         (n_steps + 1.0) / 2.0
-    } + 1.0;
-    let rollout = passes * sweep + text;
+    };
+    let rollout = passes * sweep + context_sweep + text;
     let n_tok = f * tokens_per_frame(&fake, h, w);
     let full = |c: &crate::models::wan::WanConfig| forward_flops(c, n_tok, n_tok, true);
     let cfg_batch = if cfg.guidance_scale != 0.0 { 2.0 } else { 1.0 };

@@ -174,7 +174,9 @@ impl Rollout {
             let x0 = x0.context("rollout: exit step beyond the step list")?;
             on_block(blk as usize, &x0)?;
             // Context pass: clean K/V of this block at `context_noise` (σ of the grid, ≈0.5 % noise at t = 0).
-            {
+            // The last block's K/V would serve no later block: skipped (1 of 5·blocks passes;
+            // the outputs are the same, and the keyed draws of other blocks do not move).
+            if blk + 1 < f / nfpb {
                 let _g = tch::no_grad_guard();
                 let tc = Tensor::full([b, nfpb], cfg.context_noise, (Kind::Float, ctx.device));
                 let eps = rng::randn_rows(
