@@ -45,6 +45,7 @@ fn evaluator_runs_the_full_step_list_like_sample() {
         checkpoint: Some(logdir.clone()),
         prompts: None,
         video: true,
+        mp4: Default::default(),
         use_ema: false,
         num_samples: eval_samples,
         seed,

@@ -381,6 +381,26 @@ fn sample_from_a_model_folder_without_checkpoint() {
     );
     let v = decode(&t.join("v/000-a_lighthouse_in_fog.mp4"));
     assert_eq!(v["frames"], 9, "{v}");
+    // A wrong encoder name is refused before anything runs.
+    let o = run_in(
+        t,
+        &with_sets(
+            &[
+                "sample",
+                "--prompts",
+                "p.txt",
+                "--video-encoder",
+                "x264",
+                "--out",
+                "w",
+            ],
+            &sets,
+        ),
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("--video-encoder x264"), "{err}");
+    assert!(!t.join("w").exists());
 }
 
 #[test]
@@ -432,6 +452,116 @@ fn missing_release_files_fail_at_once_with_what_to_download() {
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(
         err.contains("text_encoder_path") && err.contains("data_path") && err.contains("nope.txt"),
+        "{err}"
+    );
+}
+
+/// A Self-Forcing generator pickle (`{"generator": state_dict}` with `model.` prefixes, as
+/// ode_init.pt and model.pt hold it), made with torch from the stand-in DiT scaled by `scale`.
+const MAKE_ODE_INIT: &str = r#"
+import json, struct, sys, torch
+raw = open(sys.argv[1], 'rb').read()
+n = struct.unpack('<Q', raw[:8])[0]; h = json.loads(raw[8:8 + n]); base = 8 + n
+dt = {'F32': torch.float32, 'BF16': torch.bfloat16, 'F16': torch.float16}
+sd = {}
+for k, v in h.items():
+    if k == '__metadata__':
+        continue
+    a, b = v['data_offsets']
+    t = torch.frombuffer(bytearray(raw[base + a:base + b]), dtype=dt[v['dtype']]).reshape(v['shape'])
+    sd['model.' + k] = t * float(sys.argv[3])
+torch.save({'generator': sd}, sys.argv[2])
+"#;
+
+#[test]
+fn self_forcing_ode_init_converts_and_drives_the_generator() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let wan = root().join("tests/fixtures/release_tiny/wan");
+    let dit = wan.join("diffusion_pytorch_model.safetensors");
+    let mut ckpts = vec![];
+    for (name, scale) in [("same", "1.0"), ("half", "0.5")] {
+        let pt = t.join(format!("ode_init_{name}.pt"));
+        let o = Command::new(python())
+            .args(["-c", MAKE_ODE_INIT])
+            .arg(&dit)
+            .arg(&pt)
+            .arg(scale)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let out = t.join(format!("ode_{name}"));
+        let o = Command::new(python())
+            .arg(root().join("scripts/import_self_forcing.py"))
+            .arg(&pt)
+            .arg(&out)
+            .args(["--parts", "generator"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        ckpts.push(out.join("generator.safetensors"));
+    }
+    std::fs::write(t.join("p.txt"), "a boat on a lake\n").unwrap();
+    // Sampling from the folder alone, and with generator_ckpt over it: the unscaled checkpoint
+    // gives the same latents, the scaled one different ones (the checkpoint is what is used).
+    // The release folder's .pth files are not converted here: the text encoder is the diffusers one.
+    let dif = root().join("tests/fixtures/release_tiny/diffusers");
+    let sample = |ckpt: Option<&Path>, out: &str| -> Tensor {
+        let mut sets = tiny_sets(&wan.display().to_string(), &t.join("unused"));
+        sets.push(format!("text_encoder_path={}", dif.display()));
+        if let Some(c) = ckpt {
+            sets.push(format!("generator_ckpt={}", c.display()));
+        }
+        ok_in(
+            t,
+            &with_sets(
+                &[
+                    "sample",
+                    "--prompts",
+                    "p.txt",
+                    "--num-samples",
+                    "1",
+                    "--no-video",
+                    "--out",
+                    out,
+                ],
+                &sets,
+            ),
+        );
+        let l = Tensor::read_safetensors(t.join(out).join("samples.safetensors")).unwrap();
+        l.into_iter().find(|(n, _)| n == "latents").unwrap().1
+    };
+    let base = sample(None, "a");
+    let same = sample(Some(&ckpts[0]), "b");
+    let half = sample(Some(&ckpts[1]), "c");
+    assert_eq!((&base - &same).abs().max().double_value(&[]), 0.0);
+    assert!((&base - &half).abs().max().double_value(&[]) > 1e-3);
+    // And training starts from it (two steps through the CLI).
+    let mut sets = tiny_sets(&wan.display().to_string(), &t.join("run"));
+    sets.push(format!("generator_ckpt={}", ckpts[1].display()));
+    sets.push("data_path=p.txt".into());
+    sets.push(format!("text_encoder_path={}", dif.display()));
+    ok_in(t, &with_sets(&[], &sets));
+    // A .pt given directly is refused with the conversion command.
+    let o = run_in(
+        t,
+        &[
+            "--set",
+            &format!("generator_ckpt={}", t.join("ode_init_half.pt").display()),
+            "--set",
+            "generator_name=wan-tiny",
+            "--set",
+            "fake_name=wan-tiny",
+            "--set",
+            "real_name=gmm",
+            "--logdir",
+            "r2",
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("import_self_forcing.py") && err.contains("ode_init_half.pt"),
         "{err}"
     );
 }

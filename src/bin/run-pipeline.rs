@@ -90,6 +90,13 @@ enum Cmd {
         /// Do not decode to MP4/GIF even when vae_path is set (latents only).
         #[arg(long)]
         no_video: bool,
+        /// H.264 encoder of the MP4s: openh264 (built in, the default) or ffmpeg (the `ffmpeg`
+        /// program with libx264; `ffmpeg:/path/to/ffmpeg` names the program).
+        #[arg(long, default_value = "openh264", value_name = "ENCODER")]
+        video_encoder: String,
+        /// MP4 quantiser, 1 (best) to 51 (smallest): OpenH264's QP or libx264's CRF.
+        #[arg(long, default_value_t = 20)]
+        video_quality: u8,
         /// Measure inference speed (latency to the first frames, fps; with and without the VAE
         /// decode) instead of writing samples.
         #[arg(long)]
@@ -350,6 +357,31 @@ fn sample(
     Ok(())
 }
 
+/// `--video-encoder` / `--video-quality`.
+fn mp4_options(encoder: &str, quality: u8) -> Result<stillflow::video::Mp4Options, String> {
+    use stillflow::video::{Mp4Options, VideoEncoder};
+    let encoder = match encoder {
+        "openh264" => VideoEncoder::OpenH264,
+        "ffmpeg" => VideoEncoder::ffmpeg(),
+        e => match e.strip_prefix("ffmpeg:") {
+            Some(p) if !p.is_empty() => VideoEncoder::Ffmpeg { program: p.into() },
+            _ => {
+                return Err(format!(
+                    "--video-encoder {e}: expected openh264, ffmpeg or ffmpeg:/path/to/ffmpeg"
+                ))
+            }
+        },
+    };
+    if !(1..=51).contains(&quality) {
+        return Err(format!("--video-quality {quality}: expected 1 to 51"));
+    }
+    Ok(Mp4Options {
+        encoder,
+        quality,
+        ..Mp4Options::default()
+    })
+}
+
 fn yaml_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
@@ -389,6 +421,8 @@ fn run(cli: Cli) -> Result<(), String> {
             checkpoint,
             prompts,
             no_video,
+            video_encoder,
+            video_quality,
             benchmark,
             runs,
             use_ema,
@@ -404,6 +438,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 checkpoint: checkpoint.map(Into::into),
                 prompts: prompts.map(Into::into),
                 video: !no_video,
+                mp4: mp4_options(&video_encoder, video_quality)?,
                 use_ema,
                 num_samples,
                 seed,

@@ -59,6 +59,8 @@ pub struct SampleOptions {
     pub overrides: Vec<Layer>,
     /// Write MP4/GIF through the config's `vae_path` (when the latents are the VAE's).
     pub video: bool,
+    /// The MP4 encoder (OpenH264 from source by default; `ffmpeg` only when asked) and quality.
+    pub mp4: crate::video::Mp4Options,
 }
 
 /// What was written.
@@ -327,7 +329,13 @@ pub fn sample(opts: &SampleOptions) -> Result<SampleReport> {
             1
         };
         let mut sink = match vae.as_ref() {
-            Some(v) => Some(video::VideoSink::new(v, bases, gif_scale, device)?),
+            Some(v) => Some(video::VideoSink::new(
+                v,
+                bases,
+                gif_scale,
+                device,
+                opts.mp4.clone(),
+            )?),
             None => None,
         };
         let (x, _, _) = rollout.generate_with(&ctx, &work, &c, &mut |blk, x0| {

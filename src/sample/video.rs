@@ -5,7 +5,7 @@
 
 use crate::cuda::{record_stream, CudaEvent, CudaStream, StreamGuard};
 use crate::models::vae::{DecodeStream, WanVae};
-use crate::video::{frames_from_tensor, GifOptions, GifWriter, Mp4Writer, VideoSpec};
+use crate::video::{frames_from_tensor, GifOptions, GifWriter, Mp4Options, Mp4Writer, VideoSpec};
 use anyhow::{ensure, Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -96,6 +96,7 @@ pub struct VideoSink<'a> {
     /// (mp4, gif) base paths per row; None for padding rows of a chunk.
     bases: Vec<Option<PathBuf>>,
     gif_scale: u32,
+    mp4: Mp4Options,
     t0: Instant,
     pub events: Vec<BlockEvent>,
     frames: usize,
@@ -109,8 +110,10 @@ impl<'a> VideoSink<'a> {
         bases: Vec<Option<PathBuf>>,
         gif_scale: u32,
         device: Device,
+        mp4: Mp4Options,
     ) -> Result<Self> {
         Ok(VideoSink {
+            mp4,
             dec: SideDecoder::new(vae, device)?,
             pending: None,
             rows: bases.iter().map(|_| None).collect(),
@@ -161,7 +164,7 @@ impl<'a> VideoSink<'a> {
                     ..GifOptions::default()
                 };
                 self.rows[i] = Some(Row {
-                    mp4: Mp4Writer::create(&mp4_path, spec)?,
+                    mp4: Mp4Writer::create_with(&mp4_path, spec, &self.mp4)?,
                     gif: Some(GifWriter::create_with(&gif_path, spec, gif_opts)?),
                     mp4_path,
                     gif_path,
