@@ -344,6 +344,11 @@ pub fn ensure_run_embeddings(
             std::thread::sleep(std::time::Duration::from_millis(500));
         }
     }
+    // Then a barrier: a sidecar left by an earlier run may let a rank pass the wait above while
+    // rank 0 re-encodes changed prompts; after this every rank reads rank 0's final file.
+    if let Some(mut comm) = crate::dist::process_comm() {
+        crate::dist::shared_draw(&mut comm, "prompt_embeddings_ready", || 1)?;
+    }
     Ok(Some(out))
 }
 
