@@ -153,30 +153,19 @@ fn wan_release_layout_from_prompts_to_mp4() {
         out.contains("3 prompts") && out.contains("4 encoded now"),
         "{out}"
     );
-    let named = Tensor::read_safetensors(t.join("emb/prompts.safetensors")).unwrap();
-    let get = |k: &str| {
-        named
-            .iter()
-            .find(|(n, _)| n == k)
-            .unwrap()
-            .1
-            .shallow_clone()
-    };
-    let (cond, uncond, lens) = (get("cond"), get("uncond"), get("lens"));
-    assert_eq!(cond.size()[0], 3);
-    assert_eq!(cond.size()[2], 32, "d_model of the stand-in");
-    assert_eq!(uncond.size()[1..], cond.size()[1..]);
-    // Rows are zero past each prompt's length, and not before it.
-    let lens: Vec<i64> = Vec::<i64>::try_from(&lens).unwrap();
+    use stillflow::text::store::EmbeddingsFile;
+    let f = EmbeddingsFile::open(&t.join("emb/prompts.safetensors")).unwrap();
+    assert_eq!(f.len(), 3);
+    assert_eq!(f.dim(), 32, "d_model of the stand-in");
+    assert_eq!(f.uncond().size()[0], 1);
+    // Each prompt's rows are stored trimmed to its length; the last row (EOS) is not zero, and a
+    // padded batch is zero past each prompt's rows.
+    let lens: Vec<i64> = (0..3).map(|i| f.rows(i).unwrap().size()[0]).collect();
+    let cond = f.batch(&[0, 1, 2]).unwrap().to_kind(Kind::Float);
     for (i, &l) in lens.iter().enumerate() {
         let row = cond.get(i as i64);
-        assert!(
-            row.narrow(0, l, cond.size()[1] - l)
-                .abs()
-                .sum(Kind::Float)
-                .double_value(&[])
-                == 0.0
-        );
+        let tail = row.narrow(0, l, cond.size()[1] - l);
+        assert!(tail.abs().sum(Kind::Float).double_value(&[]) == 0.0);
         assert!(row.get(l - 1).abs().sum(Kind::Float).double_value(&[]) > 0.0);
     }
     // The same prompt encodes the same alone (the encoder, not the batch, decides).
@@ -195,10 +184,13 @@ fn wan_release_layout_from_prompts_to_mp4() {
             "cpu",
         ],
     );
-    let one = Tensor::read_safetensors(t.join("emb/one.safetensors")).unwrap();
-    let one = &one.iter().find(|(n, _)| n == "cond").unwrap().1;
+    let one = EmbeddingsFile::open(&t.join("emb/one.safetensors"))
+        .unwrap()
+        .rows(0)
+        .unwrap();
     let l = lens[2];
-    let diff = (one.get(0).narrow(0, 0, l) - cond.get(2).narrow(0, 0, l))
+    assert_eq!(one.size()[0], l);
+    let diff = (one.to_kind(Kind::Float) - cond.get(2).narrow(0, 0, l))
         .abs()
         .max()
         .double_value(&[]);

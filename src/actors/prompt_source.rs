@@ -7,7 +7,7 @@ use crate::dist::global_first_row;
 use crate::models::toy_text::ToyTextEncoder;
 use crate::rng::{randint_vec, Purpose, RngKey};
 use crate::runtime::{Actor, Ctx, Packet, Ports, Work};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use tch::{Kind, Tensor};
 
 enum Source {
@@ -17,8 +17,7 @@ enum Source {
         negative: String,
     },
     File {
-        cond: Tensor,
-        uncond: Tensor,
+        store: crate::text::store::EmbeddingsFile,
     },
 }
 
@@ -70,25 +69,19 @@ impl PromptSource {
         let src = match file {
             Some(path) => {
                 crate::text::check_sidecar(std::path::Path::new(&path), &cfg.negative_prompt)?;
-                let named = Tensor::read_safetensors(&path)
-                    .with_context(|| format!("{path}: cannot read prompt embeddings"))?;
-                let get = |k: &str| {
-                    named.iter().find(|(n, _)| n == k).map(|(_, t)| t.shallow_clone()).with_context(|| {
-                        format!("{path}: no tensor `{k}` (need `cond` [N, L, D] and `uncond` [1, L, D])")
-                    })
-                };
-                let (cond, uncond) = (get("cond")?, get("uncond")?);
-                if cond.dim() != 3 || uncond.dim() != 3 || cond.size()[1..] != uncond.size()[1..] {
-                    bail!(
-                        "{path}: `cond` {:?} and `uncond` {:?} must be [N, L, D] and [1, L, D]",
-                        cond.size(),
-                        uncond.size()
-                    );
+                let store = crate::text::store::EmbeddingsFile::open(std::path::Path::new(&path))?;
+                if let Some(w) = crate::actors::zoo::wan_config(&cfg.generator_name, cfg) {
+                    if w.text_dim != store.dim() {
+                        bail!(
+                            "prompt embeddings {path}: {} dims per token, but the generator \
+                             `{}` takes text_dim {} (were they made by another text encoder?)",
+                            store.dim(),
+                            cfg.generator_name,
+                            w.text_dim
+                        );
+                    }
                 }
-                Source::File {
-                    cond: cond.to_kind(Kind::Float),
-                    uncond: uncond.to_kind(Kind::Float),
-                }
+                Source::File { store }
             }
             None => {
                 let t = &cfg.toy;
@@ -149,13 +142,20 @@ impl Actor for PromptSource {
                     enc.encode_on(&neg, ctx.device),
                 )
             }
-            Source::File { cond, uncond } => {
-                let n = cond.size()[0];
-                let idx = pick(n);
-                let ix = Tensor::from_slice(&idx);
+            Source::File { store } => {
+                let idx = pick(store.len() as i64);
+                // Only the batch's rows are read; cond and uncond padded to one token count
+                // (the scores run them as one batch; zero rows are what the DiT pads with).
+                let cond = store.batch(&idx)?;
+                let uncond = store.uncond();
+                let l = cond.size()[1].max(uncond.size()[1]);
+                let pad = |t: &Tensor| t.constant_pad_nd([0, 0, 0, l - t.size()[1]]);
                 (
-                    cond.index_select(0, &ix).to_device(ctx.device),
-                    uncond.expand([b, -1, -1], false).to_device(ctx.device),
+                    pad(&cond).to_kind(Kind::Float).to_device(ctx.device),
+                    pad(uncond)
+                        .to_kind(Kind::Float)
+                        .expand([b, -1, -1], false)
+                        .to_device(ctx.device),
                 )
             }
         };

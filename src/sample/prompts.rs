@@ -116,14 +116,9 @@ pub(super) fn conditioning(
         .as_ref()
         .filter(|p| p.ends_with(".safetensors"))
     {
-        let named = Tensor::read_safetensors(path)
-            .with_context(|| format!("{path} (config key `data_path`): cannot read"))?;
-        let cond = named
-            .into_iter()
-            .find(|(k, _)| k == "cond")
-            .map(|(_, t)| t)
-            .with_context(|| format!("{path}: no tensor `cond` [N, L, D]"))?;
-        let rows = cond.size()[0] as usize;
+        let store = crate::text::store::EmbeddingsFile::open(Path::new(path))
+            .with_context(|| format!("config key `data_path`: {path}"))?;
+        let rows = store.len();
         if let Some(p) = fixed.filter(|&p| p >= rows) {
             bail!("--prompt {p}: {path} holds {rows} prompt embeddings");
         }
@@ -136,9 +131,7 @@ pub(super) fn conditioning(
                 None => format!("prompt {i}"),
             })
             .collect();
-        let c = cond
-            .index_select(0, &Tensor::from_slice(&ids))
-            .to_kind(Kind::Float);
+        let c = store.batch(&ids)?.to_kind(Kind::Float);
         return Ok((c.to_device(device), ids, labels));
     }
     let gen = cfg.generator_name.to_ascii_lowercase();

@@ -6,7 +6,6 @@
 use super::Index;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tch::Tensor;
 
@@ -28,6 +27,8 @@ pub(crate) struct Cache {
     encoder: String,
     entries: Index,
     next_shard: usize,
+    /// Recently read shards (name, [b, L, D]).
+    loaded: Vec<(String, Tensor)>,
 }
 
 impl Cache {
@@ -82,6 +83,7 @@ impl Cache {
             encoder: fingerprint.to_string(),
             entries,
             next_shard,
+            loaded: vec![],
         })
     }
 
@@ -125,34 +127,43 @@ impl Cache {
         )
     }
 
-    /// [N, L, D] for `prompts` (all cached), L = the longest, zero-padded; and their lengths.
-    pub fn assemble(&self, prompts: &[String]) -> Result<(Tensor, Vec<i64>)> {
-        let mut shards: BTreeMap<String, Tensor> = BTreeMap::new();
-        let mut rows = vec![];
-        let mut lens = vec![];
-        for p in prompts {
-            let e = self.entries.get(p).with_context(|| {
-                format!("prompt cache {}: no entry for {p:?}", self.dir.display())
-            })?;
-            if !shards.contains_key(&e.shard) {
-                let path = self.dir.join(&e.shard);
-                let t = Tensor::read_safetensors(&path)
-                    .with_context(|| format!("reading {}", path.display()))?
-                    .into_iter()
-                    .find(|(n, _)| n == "emb")
-                    .map(|(_, t)| t)
-                    .with_context(|| format!("{}: no tensor `emb`", path.display()))?;
-                shards.insert(e.shard.clone(), t);
+    /// The rows [len, D] of a cached prompt. Shards are read on demand and a few are kept
+    /// (prompts are assembled mostly in encoding order), so memory stays bounded.
+    pub fn row(&mut self, prompt: &str) -> Result<Tensor> {
+        let e = self
+            .entries
+            .get(prompt)
+            .with_context(|| {
+                format!(
+                    "prompt cache {}: no entry for {prompt:?}",
+                    self.dir.display()
+                )
+            })?
+            .clone();
+        if !self.loaded.iter().any(|(n, _)| n == &e.shard) {
+            let path = self.dir.join(&e.shard);
+            let t = Tensor::read_safetensors(&path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .into_iter()
+                .find(|(n, _)| n == "emb")
+                .map(|(_, t)| t)
+                .with_context(|| format!("{}: no tensor `emb`", path.display()))?;
+            if self.loaded.len() >= 8 {
+                drop(self.loaded.remove(0));
             }
-            let t = &shards[&e.shard];
-            rows.push(t.get(e.row).narrow(0, 0, e.len.max(1)));
-            lens.push(e.len);
+            self.loaded.push((e.shard.clone(), t));
         }
-        let l = rows.iter().map(|r| r.size()[0]).max().unwrap_or(1);
-        let padded: Vec<Tensor> = rows
+        let t = &self
+            .loaded
             .iter()
-            .map(|r| r.constant_pad_nd([0, 0, 0, l - r.size()[0]]))
-            .collect();
-        Ok((Tensor::stack(&padded, 0), lens))
+            .find(|(n, _)| n == &e.shard)
+            .context("shard")?
+            .1;
+        Ok(t.get(e.row).narrow(0, 0, e.len.max(1)))
+    }
+
+    /// The token count of a cached prompt.
+    pub fn len_of(&self, prompt: &str) -> Option<i64> {
+        self.entries.get(prompt).map(|e| e.len)
     }
 }

@@ -1,26 +1,25 @@
 //! Prompt text → umT5 embeddings: `run-pipeline encode-prompts`, and the one-time encoding of a
 //! `.txt` `data_path` before training.
 //!
-//! Output: a safetensors file with `cond` [N, L, D] (one row per prompt line, in file order),
-//! `uncond` [1, L, D] (the negative prompt) and `lens` [N] i64 — the file `prompt_source` reads.
-//! L is the longest token count among them: rows are zero past each prompt's length, exactly as
-//! the encoder returns them, and the Wan DiT zero-pads to its text_len (512), so dropping the
-//! all-zero tail changes nothing but the file size. A sidecar `<out>.json` records the prompts,
-//! the negative prompt and the encoder, so a file made for another negative prompt is refused.
+//! Output: the embeddings file `prompt_source` reads ([`store`]: each prompt's rows trimmed to its
+//! token count, read lazily per batch, plus `uncond`, the negative prompt). The encoder's rows
+//! past a prompt's length are zero and the Wan DiT zero-pads to its text_len (512), so dropping
+//! them changes nothing but the size. A sidecar `<out>.json` records the prompts, the negative
+//! prompt and the encoder, so a file made for another negative prompt is refused.
 //!
 //! Resumable: every encoded batch is stored in `<out>.cache/` (one shard per batch plus an index
 //! keyed by prompt text and encoder fingerprint) before the next starts; a re-run, after a crash
 //! or with more prompts, encodes only what the cache lacks.
 
 mod cache;
+pub mod store;
 
 use crate::models::umt5::TextEncoder;
 use anyhow::{bail, ensure, Context, Result};
 use cache::Cache;
 use serde_json::json;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind};
 
 /// What to encode.
 #[derive(Clone, Debug)]
@@ -155,7 +154,10 @@ pub fn encode_prompts(opts: &EncodeOptions) -> Result<EncodeReport> {
                 .iter()
                 .all(|k| old.get(*k) == meta.get(*k));
             if same {
-                let shape = read_cond_shape(&opts.out)?;
+                let shape: Vec<i64> = old
+                    .get("shape")
+                    .and_then(|v| serde_json::from_value(v.clone()).ok())
+                    .unwrap_or_default();
                 return Ok(EncodeReport {
                     out: opts.out.clone(),
                     prompts: prompts.len(),
@@ -198,27 +200,26 @@ pub fn encode_prompts(opts: &EncodeOptions) -> Result<EncodeReport> {
         }
         bar.finish_and_clear();
     }
-    let (cond, lens) = cache.assemble(&prompts)?;
-    let (uncond, ulens) = cache.assemble(std::slice::from_ref(&opts.negative_prompt))?;
-    // One L for both (prompt_source checks cond/uncond agree past the batch dim).
-    let l = cond.size()[1].max(uncond.size()[1]);
-    let cond = pad_tokens(&cond, l);
-    let uncond = pad_tokens(&uncond, l);
-    let lens_t = Tensor::from_slice(&lens);
-    let tmp = opts.out.with_extension("safetensors.tmp");
     if let Some(dir) = opts.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    Tensor::write_safetensors(
-        &[("cond", &cond), ("uncond", &uncond), ("lens", &lens_t)],
-        &tmp,
-    )
-    .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &opts.out)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), opts.out.display()))?;
+    let lens: Vec<i64> = prompts
+        .iter()
+        .map(|p| cache.len_of(p).context("prompt missing from the cache"))
+        .collect::<Result<_>>()?;
+    let uncond = cache.row(&opts.negative_prompt)?.unsqueeze(0);
+    let (dim, kind) = (uncond.size()[2], uncond.kind());
+    store::write(&opts.out, dim, kind, &lens, &uncond, |i| {
+        cache.row(&prompts[i])
+    })?;
+    let shape = vec![
+        prompts.len() as i64,
+        lens.iter().copied().max().unwrap_or(0),
+        dim,
+    ];
     let mut meta = meta;
-    meta["negative_len"] = json!(ulens[0]);
-    meta["shape"] = json!(cond.size());
+    meta["negative_len"] = json!(uncond.size()[1]);
+    meta["shape"] = json!(shape);
     crate::runtime::ckpt::write_json_atomic(&side, &meta)?;
     Ok(EncodeReport {
         out: opts.out.clone(),
@@ -226,27 +227,9 @@ pub fn encode_prompts(opts: &EncodeOptions) -> Result<EncodeReport> {
         unique: unique.len(),
         encoded,
         blank_lines: blank,
-        shape: cond.size(),
+        shape,
         up_to_date: false,
     })
-}
-
-fn pad_tokens(t: &Tensor, l: i64) -> Tensor {
-    let have = t.size()[1];
-    if have == l {
-        return t.shallow_clone();
-    }
-    t.constant_pad_nd([0, 0, 0, l - have])
-}
-
-fn read_cond_shape(path: &Path) -> Result<Vec<i64>> {
-    let named = Tensor::read_safetensors(path)
-        .with_context(|| format!("{}: cannot read prompt embeddings", path.display()))?;
-    named
-        .iter()
-        .find(|(n, _)| n == "cond")
-        .map(|(_, t)| t.size())
-        .with_context(|| format!("{}: no tensor `cond`", path.display()))
 }
 
 /// Where the driver puts the embeddings of a `.txt` `data_path` (inside the run's logdir, so
@@ -389,4 +372,4 @@ pub fn sidecar_prompts(path: &Path) -> Option<Vec<String>> {
 }
 
 /// Used by the cache: a map from prompt text to its place.
-pub(crate) type Index = BTreeMap<String, cache::Entry>;
+pub(crate) type Index = std::collections::BTreeMap<String, cache::Entry>;
