@@ -6,7 +6,9 @@ VENV ?= $(CURDIR)/.venv
 TORCH_VERSION := 2.11.0
 # PyAV (bundles FFmpeg): the independent decoder tests/video_mp4.rs checks our MP4s with.
 AV_VERSION := 18.1.0
-TORCH_STAMP := $(VENV)/.torch-$(TORCH_VERSION)-av$(AV_VERSION)
+# PyAV decodes to numpy arrays: the independent MP4 decoder of the tests (scripts/decode_video.py).
+NUMPY_VERSION := 2.4.6
+TORCH_STAMP := $(VENV)/.torch-$(TORCH_VERSION)-av$(AV_VERSION)-np$(NUMPY_VERSION)
 CUDA_HDR_STAMP := $(VENV)/.cuda-headers
 ENV := . scripts/dev-env.sh &&
 CARGO ?= cargo
@@ -21,7 +23,7 @@ $(TORCH_STAMP):
 	@test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --upgrade --quiet pip
 	$(VENV)/bin/python -m pip install --quiet torch==$(TORCH_VERSION)
-	$(VENV)/bin/python -m pip install --quiet av==$(AV_VERSION)
+	$(VENV)/bin/python -m pip install --quiet av==$(AV_VERSION) numpy==$(NUMPY_VERSION)
 	@$(VENV)/bin/python -c 'import torch; assert torch.__version__.startswith("$(TORCH_VERSION)"), torch.__version__; print("torch", torch.__version__, "in $(VENV)")'
 	@touch $@
 

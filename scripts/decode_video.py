@@ -15,6 +15,7 @@ import json
 import sys
 
 AV_PIN = "av==18.1.0"
+NUMPY_PIN = "numpy==2.4.6"
 
 
 def main(argv):
@@ -31,9 +32,12 @@ def main(argv):
         rgb_out = argv[i + 1]
     try:
         import av
+        if rgb_out is not None:
+            import numpy  # noqa: F401  (PyAV's to_ndarray needs it)
     except ImportError as e:
-        print(f"PyAV is not installed in {sys.executable} ({e}); install it with "
-              f"`{sys.executable} -m pip install {AV_PIN}` or run `make venv`", file=sys.stderr)
+        print(f"PyAV (with numpy) is not installed in {sys.executable} ({e}); install it with "
+              f"`{sys.executable} -m pip install {AV_PIN} {NUMPY_PIN}` or run `make venv`",
+              file=sys.stderr)
         return 3
 
     with av.open(path) as container:
