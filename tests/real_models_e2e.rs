@@ -44,6 +44,14 @@ fn ok_in(dir: &Path, args: &[&str]) -> String {
     out
 }
 
+/// Runs a command that must be refused: exit code 2; its stderr.
+fn refused(dir: &Path, args: &[&str]) -> String {
+    let o = run_in(dir, args);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+    err
+}
+
 fn copy_dir(src: &Path, dst: &Path) {
     std::fs::create_dir_all(dst).unwrap();
     for e in std::fs::read_dir(src).unwrap() {
@@ -75,6 +83,24 @@ fn imported_wan(tmp: &Path) -> PathBuf {
         assert!(dir.join(format!("{f}.safetensors")).is_file(), "{f}");
     }
     dir
+}
+
+/// `run-pipeline encode-prompts` on the CPU; its stdout.
+fn encode(dir: &Path, model: &str, prompts: &str, out: &str) -> String {
+    ok_in(
+        dir,
+        &[
+            "encode-prompts",
+            "--prompts",
+            prompts,
+            "--text-encoder",
+            model,
+            "--out",
+            out,
+            "--device",
+            "cpu",
+        ],
+    )
 }
 
 const PROMPTS: &str = "a red fox runs through snow\n\na  cat   on a piano\nthe sea at dawn\n";
@@ -135,20 +161,7 @@ fn wan_release_layout_from_prompts_to_mp4() {
     std::fs::write(t.join("prompts.txt"), PROMPTS).unwrap();
 
     // encode-prompts: 3 prompts (a blank line skipped) + the negative prompt.
-    let out = ok_in(
-        t,
-        &[
-            "encode-prompts",
-            "--prompts",
-            "prompts.txt",
-            "--text-encoder",
-            &model_s,
-            "--out",
-            "emb/prompts.safetensors",
-            "--device",
-            "cpu",
-        ],
-    );
+    let out = encode(t, &model_s, "prompts.txt", "emb/prompts.safetensors");
     assert!(
         out.contains("3 prompts") && out.contains("4 encoded now"),
         "{out}"
@@ -170,20 +183,7 @@ fn wan_release_layout_from_prompts_to_mp4() {
     }
     // The same prompt encodes the same alone (the encoder, not the batch, decides).
     std::fs::write(t.join("one.txt"), "the sea at dawn\n").unwrap();
-    ok_in(
-        t,
-        &[
-            "encode-prompts",
-            "--prompts",
-            "one.txt",
-            "--text-encoder",
-            &model_s,
-            "--out",
-            "emb/one.safetensors",
-            "--device",
-            "cpu",
-        ],
-    );
+    encode(t, &model_s, "one.txt", "emb/one.safetensors");
     let one = EmbeddingsFile::open(&t.join("emb/one.safetensors"))
         .unwrap()
         .rows(0)
@@ -196,39 +196,13 @@ fn wan_release_layout_from_prompts_to_mp4() {
         .double_value(&[]);
     assert!(diff < 1e-5, "batch independence: {diff}");
     // Re-run: up to date. One more prompt: only it is encoded (the cache).
-    let out = ok_in(
-        t,
-        &[
-            "encode-prompts",
-            "--prompts",
-            "prompts.txt",
-            "--text-encoder",
-            &model_s,
-            "--out",
-            "emb/prompts.safetensors",
-            "--device",
-            "cpu",
-        ],
-    );
+    let out = encode(t, &model_s, "prompts.txt", "emb/prompts.safetensors");
     assert!(
         out.contains("0 encoded now") && out.contains("up to date"),
         "{out}"
     );
     std::fs::write(t.join("prompts.txt"), format!("{PROMPTS}a new prompt\n")).unwrap();
-    let out = ok_in(
-        t,
-        &[
-            "encode-prompts",
-            "--prompts",
-            "prompts.txt",
-            "--text-encoder",
-            &model_s,
-            "--out",
-            "emb/prompts.safetensors",
-            "--device",
-            "cpu",
-        ],
-    );
+    let out = encode(t, &model_s, "prompts.txt", "emb/prompts.safetensors");
     assert!(
         out.contains("4 prompts") && out.contains("1 encoded now"),
         "{out}"
@@ -374,7 +348,7 @@ fn sample_from_a_model_folder_without_checkpoint() {
     let v = decode(&t.join("v/000-a_lighthouse_in_fog.mp4"));
     assert_eq!(v["frames"], 9, "{v}");
     // A wrong encoder name is refused before anything runs.
-    let o = run_in(
+    let err = refused(
         t,
         &with_sets(
             &[
@@ -389,8 +363,6 @@ fn sample_from_a_model_folder_without_checkpoint() {
             &sets,
         ),
     );
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("--video-encoder x264"), "{err}");
     assert!(!t.join("w").exists());
 }
@@ -399,12 +371,10 @@ fn sample_from_a_model_folder_without_checkpoint() {
 fn missing_release_files_fail_at_once_with_what_to_download() {
     let tmp = tempfile::tempdir().unwrap();
     let t0 = std::time::Instant::now();
-    let o = run_in(
+    let err = refused(
         tmp.path(),
         &["--config", "self_forcing_dmd", "--logdir", "run"],
     );
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(
         t0.elapsed().as_secs() < 30,
         "must fail before building anything"
@@ -421,7 +391,7 @@ fn missing_release_files_fail_at_once_with_what_to_download() {
     }
     assert!(!tmp.path().join("run").exists(), "nothing written");
     // A .txt data_path without a text encoder names both keys, even with random models.
-    let o = run_in(
+    let err = refused(
         tmp.path(),
         &[
             "--set",
@@ -440,8 +410,6 @@ fn missing_release_files_fail_at_once_with_what_to_download() {
             "run2",
         ],
     );
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(
         err.contains("text_encoder_path") && err.contains("data_path") && err.contains("nope.txt"),
         "{err}"
@@ -535,7 +503,7 @@ fn self_forcing_ode_init_converts_and_drives_the_generator() {
     sets.push(format!("text_encoder_path={}", dif.display()));
     ok_in(t, &with_sets(&[], &sets));
     // A .pt given directly is refused with the conversion command.
-    let o = run_in(
+    let err = refused(
         t,
         &[
             "--set",
@@ -550,8 +518,6 @@ fn self_forcing_ode_init_converts_and_drives_the_generator() {
             "r2",
         ],
     );
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(
         err.contains("import_self_forcing.py") && err.contains("ode_init_half.pt"),
         "{err}"

@@ -34,11 +34,7 @@ impl PromptSource {
             None => {
                 // No prompts named: the toy prompt set, but only for models that are toys or
                 // random weights by name; real weights never train on toy prompts silently.
-                let gen = cfg.generator_name.to_ascii_lowercase();
-                let toyish = crate::models::resolve::TOY_NAMES.contains(&gen.as_str())
-                    || gen.starts_with(crate::models::resolve::RANDOM_PREFIX)
-                    || cfg.allow_random_weights;
-                if !toyish {
+                if !crate::actors::zoo::toy_prompts_allowed(cfg) {
                     bail!(
                         "config key `data_path` is not set: name the prompts (a .txt list with \
                          `text_encoder_path`, or a .safetensors from `run-pipeline encode-prompts`); \
@@ -85,14 +81,7 @@ impl PromptSource {
             }
             None => {
                 let t = &cfg.toy;
-                let text_dim = crate::actors::zoo::wan_config(&cfg.generator_name, cfg)
-                    .map(|w| w.text_dim)
-                    .unwrap_or(t.text_dim);
-                let text_len = if text_dim == t.text_dim {
-                    t.text_len
-                } else {
-                    512
-                };
+                let (text_dim, text_len) = crate::actors::zoo::toy_text_sizes(cfg);
                 let enc = ToyTextEncoder::new(
                     t.num_classes.max(1) as usize,
                     text_len as usize,

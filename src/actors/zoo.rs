@@ -296,6 +296,30 @@ fn wc_is_tiny(name: &str) -> bool {
     name.eq_ignore_ascii_case("wan-tiny")
 }
 
+/// Whether the toy prompt set may stand in for prompts: only for generators that are toys or
+/// random weights by name (real weights never train or sample on toy prompts silently).
+pub fn toy_prompts_allowed(cfg: &RunConfig) -> bool {
+    let gen = cfg.generator_name.to_ascii_lowercase();
+    resolve::TOY_NAMES.contains(&gen.as_str())
+        || gen.starts_with(resolve::RANDOM_PREFIX)
+        || cfg.allow_random_weights
+}
+
+/// (text_dim, text_len) of the toy text encoder for the generator: the toy's sizes, or the
+/// generator's text_dim with Wan's 512 tokens when it differs (a random-weight real-size model).
+pub fn toy_text_sizes(cfg: &RunConfig) -> (i64, i64) {
+    let t = &cfg.toy;
+    let text_dim = wan_config(&cfg.generator_name, cfg)
+        .map(|w| w.text_dim)
+        .unwrap_or(t.text_dim);
+    let text_len = if text_dim == t.text_dim {
+        t.text_len
+    } else {
+        512
+    };
+    (text_dim, text_len)
+}
+
 /// The config key that names a role's model.
 pub fn config_key_for(role: &str) -> &'static str {
     match role {

@@ -134,11 +134,7 @@ pub(super) fn conditioning(
         let c = store.batch(&ids)?.to_kind(Kind::Float);
         return Ok((c.to_device(device), ids, labels));
     }
-    let gen = cfg.generator_name.to_ascii_lowercase();
-    let toyish = resolve::TOY_NAMES.contains(&gen.as_str())
-        || gen.starts_with(resolve::RANDOM_PREFIX)
-        || cfg.allow_random_weights;
-    if !toyish {
+    if !zoo::toy_prompts_allowed(cfg) {
         bail!(
             "no prompts: pass --prompts FILE.txt (with `text_encoder_path` set) or set `data_path` \
              (a .txt list, or a .safetensors from `run-pipeline encode-prompts`); toy prompts are \
@@ -146,15 +142,8 @@ pub(super) fn conditioning(
         );
     }
     let t = &cfg.toy;
-    // The same text sizes the training prompt source uses (prompt_source.rs).
-    let text_dim = zoo::wan_config(&cfg.generator_name, cfg)
-        .map(|w| w.text_dim)
-        .unwrap_or(t.text_dim);
-    let text_len = if text_dim == t.text_dim {
-        t.text_len
-    } else {
-        512
-    };
+    // The same text sizes the training prompt source uses.
+    let (text_dim, text_len) = zoo::toy_text_sizes(cfg);
     let k = t.num_classes.max(0) as usize;
     ensure!(
         text_len >= 1 && text_dim >= k as i64,
