@@ -390,6 +390,15 @@ fn missing_release_files_fail_at_once_with_what_to_download() {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
     assert!(!tmp.path().join("run").exists(), "nothing written");
+    // `check` validates the config and only warns about the files (exit 0).
+    let o = run_in(tmp.path(), &["check", "self_forcing_dmd"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("warning: on this machine a run would stop with 5 problem(s)")
+            && err.contains("huggingface-cli download Wan-AI/Wan2.1-T2V-14B"),
+        "{err}"
+    );
     // A .txt data_path without a text encoder names both keys, even with random models.
     let err = refused(
         tmp.path(),

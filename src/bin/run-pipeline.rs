@@ -230,6 +230,16 @@ fn check(common: &Common, file: &str) -> Result<(), String> {
         let loaded = opts.load()?;
         let g = load_graph(&loaded.config.pipeline)?;
         say!("{file}: ok (config; pipeline `{}` validates)", g.name);
+        // Files are machine-specific: reported, not fatal (check a config before the weights are
+        // on this machine); a run stops on them before building anything.
+        let problems = stillflow::runtime::run::preflight_report(&loaded.config, &g);
+        if !problems.is_empty() {
+            eprintln!(
+                "warning: on this machine a run would stop with {} problem(s):\n- {}",
+                problems.len(),
+                problems.join("\n- ")
+            );
+        }
     }
     Ok(())
 }

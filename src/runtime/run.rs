@@ -152,6 +152,25 @@ impl Drop for Scratch {
 /// Every model, checkpoint and prompt file the run names, checked before anything is built or
 /// written: one error listing every problem (what to download and which key to set).
 fn preflight(cfg: &RunConfig, wiring: &Wiring) -> Result<()> {
+    let problems = preflight_problems(cfg, wiring);
+    if !problems.is_empty() {
+        bail!(
+            "the run cannot start, {} problem(s):\n- {}",
+            problems.len(),
+            problems.join("\n- ")
+        );
+    }
+    Ok(())
+}
+
+/// The problems [`preflight`] reports for `cfg` with `pipeline` (its models, checkpoint and
+/// prompt files), for `run-pipeline check`, which warns instead of failing: a config can be
+/// checked on a machine that does not hold the weights.
+pub fn preflight_report(cfg: &RunConfig, pipeline: &crate::graph::Graph) -> Vec<String> {
+    preflight_problems(cfg, &Wiring::from_graph(pipeline))
+}
+
+fn preflight_problems(cfg: &RunConfig, wiring: &Wiring) -> Vec<String> {
     let mut roles: Vec<&str> = vec![];
     for n in &wiring.nodes {
         if let Some(m) = n.params.get("model").and_then(|v| v.as_str()) {
@@ -171,14 +190,7 @@ fn preflight(cfg: &RunConfig, wiring: &Wiring) -> Result<()> {
     if wiring.nodes.iter().any(|n| n.kind == "prompt_source") {
         problems.extend(crate::text::check_prompt_keys(cfg));
     }
-    if !problems.is_empty() {
-        bail!(
-            "the run cannot start, {} problem(s):\n- {}",
-            problems.len(),
-            problems.join("\n- ")
-        );
-    }
-    Ok(())
+    problems
 }
 
 pub fn train(cfg: RunConfig, opts: &RunOptions) -> Result<RunReport> {
