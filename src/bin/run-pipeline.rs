@@ -154,6 +154,16 @@ enum Cmd {
 }
 
 impl Common {
+    /// Whether the command line names the logdir (--logdir, --set logdir=…, STILLFLOW__LOGDIR).
+    fn logdir_on_command_line(&self) -> bool {
+        self.logdir.is_some()
+            || self
+                .sets
+                .iter()
+                .any(|s| s.split('=').next().map(str::trim) == Some("logdir"))
+            || std::env::var_os("STILLFLOW__LOGDIR").is_some()
+    }
+
     fn load(&self) -> Result<config::Loaded, String> {
         // The user's --set first; the dedicated flags win over them (they are more specific).
         let mut sets: Vec<String> = self.sets.clone();
@@ -508,6 +518,31 @@ fn run(cli: Cli) -> Result<(), String> {
                 resume: cli.common.resume,
                 quiet: false,
             };
+            let mut loaded = loaded;
+            // A logdir from a config file (not --logdir / --set / STILLFLOW__LOGDIR) gets a fresh
+            // numbered folder when it already holds a run, so `make run` works every time; a
+            // single process only (under torchrun every rank must name the same folder).
+            let world = stillflow::dist::DistEnv::from_env()
+                .map(|e| e.world_size)
+                .unwrap_or(1);
+            if !cli.common.logdir_on_command_line() && world == 1 {
+                let base = std::path::PathBuf::from(&loaded.config.logdir);
+                let (dir, moved) = stillflow::runtime::ckpt::run_folder(&base, opts.resume)
+                    .map_err(|e| format!("{e:#}"))?;
+                if moved {
+                    eprintln!(
+                        "note: {} already holds a run; {} {} (pass --logdir to choose the folder)",
+                        base.display(),
+                        if opts.resume {
+                            "resuming the newest,"
+                        } else {
+                            "this run writes to"
+                        },
+                        dir.display()
+                    );
+                    loaded.config.logdir = dir.display().to_string();
+                }
+            }
             let cfg = loaded.config.clone();
             let report =
                 stillflow::runtime::train(loaded.config, &opts).map_err(|e| format!("{e:#}"))?;

@@ -29,6 +29,67 @@ pub fn latest(logdir: &Path) -> Result<Option<PathBuf>> {
     checkpoint::latest_checkpoint(logdir)
 }
 
+/// The run folders of a config's `logdir` base: the base itself, then `<base>-2`, `<base>-3`, …
+/// (the numbered siblings a repeated `run-pipeline` without `--logdir` writes; see
+/// [`run_folder`]), in that order, those that exist.
+fn numbered(base: &Path) -> Vec<(u64, PathBuf)> {
+    let mut v = vec![];
+    if base.exists() {
+        v.push((1, base.to_path_buf()));
+    }
+    let (Some(parent), Some(name)) = (base.parent(), base.file_name()) else {
+        return v;
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let prefix = format!("{}-", name.to_string_lossy());
+    if let Ok(rd) = std::fs::read_dir(parent) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if let Some(k) = n.strip_prefix(&prefix).and_then(|k| k.parse::<u64>().ok()) {
+                if k >= 2 {
+                    v.push((k, base.with_file_name(&n)));
+                }
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+/// The folder a run whose `logdir` came from a config file (not from the command line) uses, so
+/// that the same command works every time and never overwrites: a fresh run goes to `base` if it
+/// holds no checkpoints, else to the first unused `<base>-N` (N ≥ 2); `--resume` continues the
+/// newest of them that holds checkpoints. Returns the folder and whether it differs from `base`.
+pub fn run_folder(base: &Path, resume: bool) -> Result<(PathBuf, bool)> {
+    let runs = numbered(base);
+    let pick = if resume {
+        let mut found = None;
+        for (_, p) in runs.iter().rev() {
+            if latest(p)?.is_some() {
+                found = Some(p.clone());
+                break;
+            }
+        }
+        found.unwrap_or_else(|| base.to_path_buf())
+    } else if latest(base)?.is_none() {
+        base.to_path_buf()
+    } else {
+        let next = runs.last().map_or(2, |(k, _)| (k + 1).max(2));
+        base.with_file_name(format!(
+            "{}-{next}",
+            base.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        ))
+    };
+    let moved = pick != base;
+    Ok((pick, moved))
+}
+
 /// Write the checkpoint of `step` (`cfg.seed` is the resolved seed).
 pub fn write(
     logdir: &Path,
