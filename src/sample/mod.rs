@@ -1,6 +1,7 @@
-//! `run-pipeline sample`: few-step block-causal generation from a checkpoint (spec §7).
+//! `run-pipeline sample`: few-step block-causal generation from a checkpoint, or from the
+//! generator a config names (`generator_ckpt` / `generator_name`; see `source.rs`) (spec §7).
 //!
-//! The generator is rebuilt from the checkpoint's own resolved config (override layers —
+//! From a checkpoint, the generator is rebuilt from the checkpoint's own resolved config (override layers —
 //! `--config`, `STILLFLOW__*`, `--set`, `--device` — go on top), loaded with the generator's
 //! weights or, with `--use-ema`, the EMA shadow, and run by the training rollout
 //! (`actors::rollout::Rollout::generate`: blocks of `num_frame_per_block` frames, the warped
@@ -11,7 +12,9 @@
 //! Outputs (in `--out`, default `<checkpoint>/samples`, or `samples_ema` with `--use-ema`):
 //! `samples.safetensors` (`latents` [N, F, C, H, W] f32, `prompt_ids` [N] i64), `samples.json`
 //! (provenance), for toy and pixel-space latents `grid.png` and `frames.gif`, and with an exact
-//! GMM teacher `quality.json` (the metrics of `crate::eval` against exact teacher samples).
+//! GMM teacher `quality.json` (the metrics of `crate::eval` against exact teacher samples). With
+//! `vae_path`, per sample `NNN-prompt.mp4` and `.gif`, decoded block by block while the generator
+//! runs (`video.rs`), and `video_stream.json`; `--benchmark` times that loop (`bench.rs`).
 
 pub mod bench;
 mod prompts;
