@@ -69,6 +69,18 @@ def convert_state_dict(sd, part, keep_model_prefix=False, dtype=None):
     return out
 
 
+def torch_load(path):
+    """torch.load on the CPU with weights_only=True (tensors and containers; no code runs), its
+    failures as one ConvertError naming the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ConvertError(f"{path}: no such file")
+    except Exception as e:  # torch raises many kinds for a bad file
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ConvertError(f"{path}: cannot load ({type(e).__name__}: {first})")
+
+
 def tensor_bytes(t):
     t = t.detach().to("cpu").contiguous()
     if t.dtype not in DTYPES:
@@ -123,13 +135,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     dtype = None if args.dtype == "keep" else getattr(torch, args.dtype)
     try:
-        try:
-            ckpt = torch.load(args.model_pt, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise ConvertError(f"{args.model_pt}: no such file")
-        except Exception as e:  # torch raises many kinds for a bad file
-            first = (str(e).strip().splitlines() or [""])[0]
-            raise ConvertError(f"{args.model_pt}: cannot load ({type(e).__name__}: {first})")
+        ckpt = torch_load(args.model_pt)
         if not isinstance(ckpt, dict):
             raise ConvertError(f"{args.model_pt}: expected a dict, got {type(ckpt).__name__}")
         wanted = [p.strip() for p in args.parts.split(",") if p.strip()]

@@ -21,7 +21,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from import_self_forcing import ConvertError, write_safetensors  # noqa: E402  (one writer)
+from import_self_forcing import ConvertError, torch_load, write_safetensors  # noqa: E402  (one loader, one writer)
 
 FILES = (
     ("models_t5_umt5-xxl-enc-bf16.pth", "text encoder (umT5-XXL)"),
@@ -31,11 +31,7 @@ TOKENIZER = os.path.join("google", "umt5-xxl", "tokenizer.json")
 
 
 def load_state_dict(path):
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many kinds for a bad file
-        first = (str(e).strip().splitlines() or [""])[0]
-        raise ConvertError(f"{path}: cannot load ({type(e).__name__}: {first})")
+    sd = torch_load(path)
     # Some re-saves wrap the state dict; Wan's own files are plain dicts of tensors.
     for wrapper in ("state_dict", "model"):
         if isinstance(sd, dict) and wrapper in sd and isinstance(sd[wrapper], dict):

@@ -2,24 +2,12 @@
 //! fresh numbered folder when it already holds a run (never overwritten), `--resume` continues
 //! the newest, and a logdir named on the command line keeps the explicit error.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
-
-const BIN: &str = env!("CARGO_BIN_EXE_run-pipeline");
-
-fn run(dir: &Path, args: &[&str]) -> Output {
-    let mut c = Command::new(BIN);
-    c.args(args).current_dir(dir);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("STILLFLOW__") {
-            c.env_remove(k);
-        }
-    }
-    c.output().expect("spawn run-pipeline")
-}
 
 fn ok(dir: &Path, args: &[&str]) -> String {
-    let o = run(dir, args);
+    let o = common::cli_in(dir, args);
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(o.status.success(), "{args:?}: {err}");
     err
@@ -59,7 +47,7 @@ fn repeated_runs_get_numbered_folders_and_resume_continues_the_newest() {
     // A logdir named on the command line is used as written: its checkpoints are an error.
     let mut explicit: Vec<&str> = args.to_vec();
     explicit.extend(["--logdir", "runs/toy"]);
-    let o = run(t, &explicit);
+    let o = common::cli_in(t, &explicit);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("already holds checkpoints"), "{err}");

@@ -2,23 +2,11 @@
 //! torch, converts it, and loads the result from Rust (names stripped, values and dtypes exact).
 //! Needs the project venv (STILLFLOW_VENV or ./.venv, created by `make test`).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use tch::{Device, Kind, Tensor};
-
-fn python() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let venv = std::env::var_os("STILLFLOW_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join(".venv"));
-    let py = venv.join("bin/python");
-    assert!(
-        py.is_file(),
-        "{} not found: set STILLFLOW_VENV or run `make test` to create .venv",
-        py.display()
-    );
-    py
-}
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/import_self_forcing.py")
@@ -79,7 +67,7 @@ fn converts_self_forcing_model_pt() {
             .replace("sys.argv[1]", "os.path.join(d, 'model.pt')")
             .as_str(),
     );
-    let out = Command::new(python())
+    let out = Command::new(common::venv_python())
         .args(["-c", &driver])
         .arg(d.path())
         .arg(script())
@@ -99,7 +87,7 @@ fn converts_self_forcing_model_pt() {
     // The real CLI on the good file.
     let pt = d.path().join("model.pt");
     let out = d.path().join("out");
-    let st = Command::new(python())
+    let st = Command::new(common::venv_python())
         .arg(script())
         .args([pt.as_os_str(), out.as_os_str()])
         .output()

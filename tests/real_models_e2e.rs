@@ -6,38 +6,18 @@
 //! by PyAV, an independent decoder) → and the clear failure of a config whose files are missing.
 //! Needs the project venv (torch, av), as `make test` creates it.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use tch::{Device, Kind, Tensor};
+mod common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_run-pipeline");
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use tch::{Device, Kind, Tensor};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn python() -> PathBuf {
-    let venv = std::env::var_os("STILLFLOW_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(".venv"));
-    let py = venv.join("bin/python");
-    assert!(py.is_file(), "{} not found: run `make test`", py.display());
-    py
-}
-
-fn run_in(dir: &Path, args: &[&str]) -> Output {
-    let mut c = Command::new(BIN);
-    c.args(args).current_dir(dir);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("STILLFLOW__") {
-            c.env_remove(k);
-        }
-    }
-    c.output().expect("spawn run-pipeline")
-}
-
 fn ok_in(dir: &Path, args: &[&str]) -> String {
-    let o = run_in(dir, args);
+    let o = common::cli_in(dir, args);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(o.status.success(), "{args:?} failed:\n{out}\n{err}");
@@ -46,7 +26,7 @@ fn ok_in(dir: &Path, args: &[&str]) -> String {
 
 /// Runs a command that must be refused: exit code 2; its stderr.
 fn refused(dir: &Path, args: &[&str]) -> String {
-    let o = run_in(dir, args);
+    let o = common::cli_in(dir, args);
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
     err
@@ -69,7 +49,7 @@ fn copy_dir(src: &Path, dst: &Path) {
 fn imported_wan(tmp: &Path) -> PathBuf {
     let dir = tmp.join("wan_models").join("Wan2.1-T2V-1.3B");
     copy_dir(&root().join("tests/fixtures/release_tiny/wan"), &dir);
-    let o = Command::new(python())
+    let o = Command::new(common::venv_python())
         .arg(root().join("scripts/import_wan.py"))
         .arg(&dir)
         .output()
@@ -138,7 +118,7 @@ fn with_sets<'a>(head: &[&'a str], sets: &'a [String]) -> Vec<&'a str> {
 }
 
 fn decode(video: &Path) -> serde_json::Value {
-    let o = Command::new(python())
+    let o = Command::new(common::venv_python())
         .arg(root().join("scripts/decode_video.py"))
         .arg(video)
         .output()
@@ -391,7 +371,7 @@ fn missing_release_files_fail_at_once_with_what_to_download() {
     }
     assert!(!tmp.path().join("run").exists(), "nothing written");
     // `check` validates the config and only warns about the files (exit 0).
-    let o = run_in(tmp.path(), &["check", "self_forcing_dmd"]);
+    let o = common::cli_in(tmp.path(), &["check", "self_forcing_dmd"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(
@@ -451,7 +431,7 @@ fn self_forcing_ode_init_converts_and_drives_the_generator() {
     let mut ckpts = vec![];
     for (name, scale) in [("same", "1.0"), ("half", "0.5")] {
         let pt = t.join(format!("ode_init_{name}.pt"));
-        let o = Command::new(python())
+        let o = Command::new(common::venv_python())
             .args(["-c", MAKE_ODE_INIT])
             .arg(&dit)
             .arg(&pt)
@@ -460,7 +440,7 @@ fn self_forcing_ode_init_converts_and_drives_the_generator() {
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let out = t.join(format!("ode_{name}"));
-        let o = Command::new(python())
+        let o = Command::new(common::venv_python())
             .arg(root().join("scripts/import_self_forcing.py"))
             .arg(&pt)
             .arg(&out)

@@ -4,7 +4,9 @@
 //! the tensor → RGB mapping. Needs the project venv with `av` (STILLFLOW_VENV or ./.venv; `make
 //! venv` installs it).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
 use stillflow::video::{
     frames_from_tensor, GifOptions, GifPalette, GifWriter, Mp4Options, Mp4Writer, VideoEncoder,
@@ -12,26 +14,11 @@ use stillflow::video::{
 };
 use tch::Tensor;
 
-fn python() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let venv = std::env::var_os("STILLFLOW_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join(".venv"));
-    let py = venv.join("bin/python");
-    assert!(
-        py.is_file(),
-        "{} not found: set STILLFLOW_VENV or run `make venv` (it creates .venv with torch and \
-         PyAV, which this test uses to decode the MP4 independently)",
-        py.display()
-    );
-    py
-}
-
 /// Decodes `video` with PyAV: (the script's JSON, every frame as rgb24 bytes).
 fn decode(video: &Path) -> (serde_json::Value, Vec<u8>) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/decode_video.py");
     let rgb = video.with_extension("rgb");
-    let out = Command::new(python())
+    let out = Command::new(common::venv_python())
         .arg(&script)
         .arg(video)
         .arg("--rgb-out")

@@ -63,3 +63,33 @@ pub fn assert_bit_identical(a: &[(String, tch::Tensor)], b: &[(String, tch::Tens
         assert!(ta.equal(tb), "tensor {na} differs");
     }
 }
+
+/// The project venv's python (`STILLFLOW_VENV`, else `./.venv`), which `make test` creates with
+/// torch, PyAV and numpy; a clear failure when it is missing.
+pub fn venv_python() -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let venv = std::env::var_os("STILLFLOW_VENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join(".venv"));
+    let py = venv.join("bin/python");
+    assert!(
+        py.is_file(),
+        "{} not found: set STILLFLOW_VENV or run `make venv` (it creates .venv with torch, PyAV \
+         and numpy)",
+        py.display()
+    );
+    py
+}
+
+/// Runs the `run-pipeline` binary in `dir` with `args`, without the caller's `STILLFLOW__*`
+/// environment (so a developer's variables cannot change a test).
+pub fn cli_in(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_run-pipeline"));
+    c.args(args).current_dir(dir);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("STILLFLOW__") {
+            c.env_remove(k);
+        }
+    }
+    c.output().expect("spawn run-pipeline")
+}
