@@ -287,11 +287,8 @@ fn encode_prompts(
     } else {
         tch::Device::cuda_if_available()
     };
-    let kind = if device.is_cuda() {
-        tch::Kind::BFloat16
-    } else {
-        tch::Kind::Float
-    };
+    // bf16 on CUDA with mixed_precision (the default), f32 otherwise, as every model of a run.
+    let kind = stillflow::actors::zoo::compute_kind(&cfg, device);
     let r = stillflow::text::encode_prompts(&stillflow::text::EncodeOptions {
         prompts: prompts.clone().into(),
         text_encoder: te.clone().into(),

@@ -11,15 +11,6 @@ use anyhow::{bail, ensure, Context, Result};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
-/// The compute kind of frozen inference models (the text encoder, the VAE).
-fn inference_kind(cfg: &RunConfig, device: Device) -> Kind {
-    if device.is_cuda() && cfg.mixed_precision {
-        Kind::BFloat16
-    } else {
-        Kind::Float
-    }
-}
-
 /// Encodes the prompt list `file` with `text_encoder_path`: [P, L, D] for the P prompts, the
 /// samples cycling over them (or all on `fixed`). The encoder is dropped before generation.
 fn encode_list(
@@ -45,7 +36,7 @@ fn encode_list(
             prompts.len()
         );
     }
-    let enc = TextEncoder::load(Path::new(te), device, inference_kind(cfg, device))
+    let enc = TextEncoder::load(Path::new(te), device, zoo::compute_kind(cfg, device))
         .with_context(|| format!("config key `text_encoder_path`: {te}"))?;
     let _g = tch::no_grad_guard();
     let mut parts = vec![];
@@ -78,11 +69,11 @@ pub(super) fn load_vae(cfg: &RunConfig, device: Device) -> Result<Option<WanVae>
         return Ok(Some(WanVae::random(
             crate::models::vae::VaeConfig::wan21(),
             device,
-            inference_kind(cfg, device),
+            zoo::compute_kind(cfg, device),
             cfg.seed,
         )?));
     }
-    let vae = WanVae::load(Path::new(p), device, inference_kind(cfg, device))
+    let vae = WanVae::load(Path::new(p), device, zoo::compute_kind(cfg, device))
         .with_context(|| format!("config key `vae_path`: {p}"))?;
     let c = cfg.image_or_video_shape[2];
     ensure!(

@@ -291,11 +291,7 @@ pub fn ensure_run_embeddings(
     let te = cfg.text_encoder_path.clone().unwrap_or_default();
     let out = run_embeddings_path(Path::new(&cfg.logdir));
     if rank == 0 {
-        let kind = if device.is_cuda() && cfg.mixed_precision {
-            Kind::BFloat16
-        } else {
-            Kind::Float
-        };
+        let kind = crate::actors::zoo::compute_kind(cfg, device);
         let r = encode_prompts(&EncodeOptions {
             prompts: dp.into(),
             text_encoder: te.into(),
